@@ -1,0 +1,13 @@
+//! `archiver`: wires configuration, the MongoDB client and the listener, then serves.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    common::telemetry::init();
+    let config = archiver::Config::parse();
+    let archive = archiver::Archive::new(&config).await?;
+    let listener = common::server::bind(&config.host, config.port).await?;
+    tracing::info!(port = config.port, database = %config.database, collection = %config.collection, "Archiver listening");
+    archiver::run(archive, listener, common::server::shutdown_signal()).await
+}

@@ -1,0 +1,166 @@
+//! The CloudEvent that carries a tweet: built by `producer`, read back by the sinks, either as
+//! we wrote it or wrapped by a KafkaSource (`dev.knative.kafka.event`, see `runner::wrap`).
+
+use crate::tweet::{Tweet, TweetError};
+use chrono::{DateTime, Utc};
+use cloudevents::{AttributesReader, Data, Event, EventBuilder, EventBuilderV10};
+use cloudevents::event::ExtensionValue;
+
+/// The `type` of our tweet events.
+pub const TWEET_TYPE: &str = "io.github.weathertweets.tweet.v1";
+/// The `type` KafkaSource gives to a record that was not a CloudEvent.
+pub const KAFKA_EVENT_TYPE: &str = "dev.knative.kafka.event";
+/// Extensions KafkaSource adds to every event it delivers.
+pub const PARTITION_EXTENSION: &str = "knativekafkapartition";
+pub const OFFSET_EXTENSION: &str = "knativekafkaoffset";
+
+/// Builds the tweet event that `producer` writes to Kafka.
+pub fn tweet_event(id: &str, source: &str, tweet: &Tweet) -> Event {
+    EventBuilderV10::new()
+        .id(id)
+        .ty(TWEET_TYPE)
+        .source(source)
+        .time(Utc::now())
+        .data("application/json", serde_json::to_value(tweet).expect("a tweet serialises"))
+        .build()
+        .expect("id, type and source are set")
+}
+
+/// A tweet as a sink receives it, with where it came from in Kafka when the event says so.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    pub id: String,
+    pub tweet: Tweet,
+    pub time: Option<DateTime<Utc>>,
+    pub position: Option<Position>,
+    /// The W3C trace id from the event's `traceparent` extension, when it has a valid one.
+    pub trace_id: Option<String>,
+}
+
+/// A record's place in its topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Why an event can never be applied; sinks answer 400 so it goes to the dead-letter sink.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("unsupported event type {0:?}; expected {TWEET_TYPE} or {KAFKA_EVENT_TYPE}")]
+    Type(String),
+    #[error("event has no data")]
+    NoData,
+    #[error("event data is not a tweet: {0}")]
+    Tweet(#[from] TweetError),
+    #[error("extension {name} is {value:?}, not a non-negative integer")]
+    Extension { name: &'static str, value: String },
+}
+
+impl Received {
+    /// Reads a delivered event. The tweet is validated again: a wrapped record may come from any
+    /// producer, and normalising an already normal tweet changes nothing.
+    pub fn from_event(event: &Event) -> Result<Received, EventError> {
+        if event.ty() != TWEET_TYPE && event.ty() != KAFKA_EVENT_TYPE {
+            return Err(EventError::Type(event.ty().chars().take(64).collect()));
+        }
+        let tweet = match event.data().ok_or(EventError::NoData)? {
+            Data::Json(serde_json::Value::Object(map)) => Tweet::from_map(map)?,
+            Data::Json(other) => Tweet::from_json(other.to_string().as_bytes())?,
+            Data::Binary(bytes) => Tweet::from_json(bytes)?,
+            Data::String(s) => Tweet::from_json(s.as_bytes())?,
+        };
+        let partition = extension_int(event, PARTITION_EXTENSION)?;
+        let offset = extension_int(event, OFFSET_EXTENSION)?;
+        let position = match (partition, offset) {
+            (Some(p), Some(o)) => Some(Position {
+                partition: i32::try_from(p).map_err(|_| EventError::Extension {
+                    name: PARTITION_EXTENSION,
+                    value: p.to_string(),
+                })?,
+                offset: o,
+            }),
+            _ => None,
+        };
+        let trace_id = match event.extension("traceparent") {
+            Some(ExtensionValue::String(tp)) => trace_id(tp),
+            _ => None,
+        };
+        Ok(Received { id: event.id().to_owned(), tweet, time: event.time().copied(), position, trace_id })
+    }
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
+fn trace_id(traceparent: &str) -> Option<String> {
+    let mut parts = traceparent.split('-');
+    let (_version, id) = (parts.next()?, parts.next()?);
+    let valid = id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id != "0".repeat(32);
+    valid.then(|| id.to_ascii_lowercase())
+}
+
+fn extension_int(event: &Event, name: &'static str) -> Result<Option<i64>, EventError> {
+    let bad = |value: String| EventError::Extension { name, value: value.chars().take(32).collect() };
+    match event.extension(name) {
+        None => Ok(None),
+        Some(ExtensionValue::Integer(i)) if *i >= 0 => Ok(Some(*i)),
+        Some(ExtensionValue::String(s)) => match s.parse::<i64>() {
+            Ok(i) if i >= 0 => Ok(Some(i)),
+            _ => Err(bad(s.clone())),
+        },
+        Some(other) => Err(bad(other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tweet::Clima;
+
+    fn tweet() -> Tweet {
+        Tweet { texto: "Hoy llueve".into(), pais: "Perú".into(), clima: Clima::Lluvioso }
+    }
+
+    #[test]
+    fn our_event_reads_back() {
+        let event = tweet_event("id-1", "/weather/producer", &tweet());
+        let r = Received::from_event(&event).unwrap();
+        assert_eq!((r.id.as_str(), r.tweet, r.position, r.trace_id), ("id-1", tweet(), None, None));
+    }
+
+    #[test]
+    fn knative_extensions_give_the_position_and_wrapped_bytes_are_parsed() {
+        let event = EventBuilderV10::new()
+            .id("partition:2/offset:41")
+            .ty(KAFKA_EVENT_TYPE)
+            .source("/apis/v1/namespaces/default/kafkasources/counter#messages")
+            .data("application/json", br#"{"texto":"sol","pais":"chile"}"#.to_vec())
+            .extension(PARTITION_EXTENSION, "2")
+            .extension(OFFSET_EXTENSION, 41i64)
+            .extension("traceparent", "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01")
+            .build()
+            .unwrap();
+        let r = Received::from_event(&event).unwrap();
+        assert_eq!(r.position, Some(Position { partition: 2, offset: 41 }));
+        assert_eq!(r.tweet.pais, "Chile");
+        assert_eq!(r.trace_id.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+    }
+
+    #[test]
+    fn foreign_types_bad_data_and_bad_extensions_are_errors() {
+        let base = || {
+            EventBuilderV10::new()
+                .id("x")
+                .ty(TWEET_TYPE)
+                .source("s")
+                .data("application/json", serde_json::json!({"texto":"a","pais":"b"}))
+        };
+        let wrong_type = base().ty("com.example.other").build().unwrap();
+        assert!(matches!(Received::from_event(&wrong_type), Err(EventError::Type(_))));
+        let no_data = EventBuilderV10::new().id("x").ty(TWEET_TYPE).source("s").build().unwrap();
+        assert!(matches!(Received::from_event(&no_data), Err(EventError::NoData)));
+        let bad_tweet = base().data("application/json", serde_json::json!({"texto": 1})).build().unwrap();
+        assert!(matches!(Received::from_event(&bad_tweet), Err(EventError::Tweet(_))));
+        let bad_ext = base().extension(OFFSET_EXTENSION, "-3").extension(PARTITION_EXTENSION, "0").build().unwrap();
+        assert!(matches!(Received::from_event(&bad_ext), Err(EventError::Extension { .. })));
+    }
+}

@@ -1,0 +1,13 @@
+//! `counter`: wires configuration, the Redis client and the listener, then serves.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    common::telemetry::init();
+    let config = counter::Config::parse();
+    let store = counter::Counts::new(&config)?;
+    let listener = common::server::bind(&config.host, config.port).await?;
+    tracing::info!(port = config.port, redis = %config.redacted_redis_url(), "Counter listening");
+    counter::run(store, listener, common::server::shutdown_signal()).await
+}

@@ -1,0 +1,42 @@
+//! Every way `POST /input` can fail, mapped to a status code in one place.
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header::RETRY_AFTER},
+    response::{IntoResponse, Response},
+};
+use common::tweet::TweetError;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Invalid(#[from] TweetError),
+    #[error("content type must be application/json")]
+    UnsupportedMediaType,
+    #[error("{message}")]
+    Body { status: StatusCode, message: String },
+    /// Producer or Kafka is unavailable; the client should retry.
+    #[error("the tweet could not be stored, try again")]
+    Unavailable,
+}
+
+impl IntoResponse for IngestError {
+    fn into_response(self) -> Response {
+        let (status, field) = match &self {
+            IngestError::Invalid(e) => (StatusCode::BAD_REQUEST, e.field),
+            IngestError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, None),
+            IngestError::Body { status, .. } => (*status, None),
+            IngestError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, None),
+        };
+        let message = match &self {
+            IngestError::Invalid(e) => e.message.clone(),
+            other => other.to_string(),
+        };
+        let mut response = (status, Json(json!({ "error": message, "field": field }))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

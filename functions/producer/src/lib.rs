@@ -1,0 +1,127 @@
+//! `producer`: the gRPC `Publish` call writes one tweet to Kafka as a CloudEvent in binary
+//! content mode (key = country, so each country keeps its order) and answers after the delivery
+//! report. gRPC and the health probes share one port, because a Knative Service exposes one.
+
+mod config;
+
+pub use config::Config;
+
+use cloudevents::binding::rdkafka::{FutureRecordExt, MessageRecord};
+use common::tweet::{Tweet, TweetError};
+use proto::v1::{
+    PublishRequest, PublishResponse,
+    producer_server::{Producer, ProducerServer},
+};
+use rdkafka::{
+    ClientConfig,
+    error::KafkaError,
+    producer::{FutureProducer, FutureRecord, Producer as _},
+    util::Timeout,
+};
+use std::{future::Future, time::Duration};
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+
+/// Writes tweet events to one topic.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+    topic: String,
+    source: String,
+    /// How long `send` waits for room in a full local queue (backing off, never dropping).
+    queue_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Invalid(#[from] TweetError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("encoding the CloudEvent: {0}")]
+    Encode(#[from] cloudevents::message::Error),
+}
+
+impl From<PublishError> for Status {
+    fn from(e: PublishError) -> Status {
+        match e {
+            PublishError::Invalid(e) => Status::invalid_argument(e.to_string()),
+            PublishError::Kafka(_) | PublishError::Encode(_) => {
+                tracing::error!(error = %e, "Publishing to Kafka failed");
+                Status::unavailable("kafka is unavailable")
+            }
+        }
+    }
+}
+
+impl Publisher {
+    pub fn new(config: &Config) -> Result<Publisher, KafkaError> {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", &config.kafka_brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", config.linger_ms.to_string())
+            .set("message.timeout.ms", config.message_timeout_ms.to_string())
+            .set("compression.type", "lz4")
+            .create()?;
+        Ok(Publisher {
+            producer,
+            topic: config.topic.clone(),
+            source: config.event_source.clone(),
+            queue_timeout: Duration::from_millis(config.message_timeout_ms),
+        })
+    }
+
+    /// Writes the tweet and returns where Kafka put it.
+    pub async fn publish(&self, tweet: &Tweet) -> Result<PublishResponse, PublishError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let event = common::event::tweet_event(&id, &self.source, tweet);
+        let message = MessageRecord::from_event(event)?;
+        let record = FutureRecord::to(&self.topic).key(tweet.pais.as_bytes()).message_record(&message);
+        let delivery = self
+            .producer
+            .send(record, Timeout::After(self.queue_timeout))
+            .await
+            .map_err(|(e, _message)| PublishError::Kafka(e))?;
+        Ok(PublishResponse { id, partition: delivery.partition, offset: delivery.offset })
+    }
+
+    /// Waits for queued records to be delivered (at shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.producer.flush(Timeout::After(timeout)) {
+            tracing::warn!(error = %e, "Records still queued at shutdown");
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Producer for Publisher {
+    async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {
+        let tweet = request.into_inner().tweet.ok_or_else(|| Status::invalid_argument("tweet is required"))?;
+        // Callers other than ingest are possible, so the contract is checked again here; an
+        // empty `clima` means "not given" (proto3 has no absent strings).
+        let clima = (!tweet.clima.is_empty()).then_some(tweet.clima);
+        let tweet = Tweet::from_map(
+            serde_json::json!({ "texto": tweet.texto, "pais": tweet.pais, "clima": clima })
+                .as_object()
+                .expect("a JSON object"),
+        )
+        .map_err(PublishError::from)?;
+        Ok(Response::new(Publisher::publish(self, &tweet).await?))
+    }
+}
+
+/// gRPC `weather.v1.Producer` plus the health probes, on one router.
+pub fn router(publisher: Publisher) -> axum::Router {
+    tonic::service::Routes::new(ProducerServer::new(publisher)).into_axum_router().merge(common::server::health())
+}
+
+pub async fn run(
+    publisher: Publisher,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    common::server::serve(listener, router(publisher.clone()), shutdown).await?;
+    publisher.flush(Duration::from_secs(5));
+    Ok(())
+}

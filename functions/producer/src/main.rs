@@ -1,0 +1,13 @@
+//! `producer`: wires configuration, the Kafka producer and the listener, then serves.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    common::telemetry::init();
+    let config = producer::Config::parse();
+    let publisher = producer::Publisher::new(&config)?;
+    let listener = common::server::bind(&config.host, config.port).await?;
+    tracing::info!(port = config.port, brokers = %config.kafka_brokers, topic = %config.topic, "Producer listening");
+    producer::run(publisher, listener, common::server::shutdown_signal()).await
+}

@@ -1,0 +1,293 @@
+//! The README's first command: reset the local data, run the pipeline under a Locust burst, wait
+//! until every record is delivered, then check the counts and print a summary (also written to
+//! `target/demo/summary.json`).
+
+use crate::{Options, Runner, create_topics, functions, manifests};
+use anyhow::{Context, bail};
+use rdkafka::{
+    ClientConfig,
+    admin::{AdminClient, AdminOptions},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, Consumer},
+};
+use redis::AsyncCommands;
+use serde::Serialize;
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// The Locust executable (`make demo` installs it into .stack/venv).
+    #[arg(long, env = "LOCUST", default_value = ".stack/venv/bin/locust")]
+    pub locust: PathBuf,
+    /// The Locust file.
+    #[arg(long, default_value = "loadtest/locustfile.py")]
+    pub locustfile: PathBuf,
+    /// Where the summary and Locust's CSV files go.
+    #[arg(long, default_value = "target/demo")]
+    pub out: PathBuf,
+    /// Locust users during a burst.
+    #[arg(long, default_value_t = 40)]
+    pub users: u32,
+    /// Requests per second per user (0 = as fast as possible).
+    #[arg(long, default_value_t = 25.0)]
+    pub user_rps: f64,
+    /// Length of each burst, in seconds.
+    #[arg(long, default_value_t = 25)]
+    pub burst_seconds: u32,
+    /// Idle gap between bursts, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub gap_seconds: u32,
+    /// Number of bursts.
+    #[arg(long, default_value_t = 2)]
+    pub bursts: u32,
+}
+
+/// What `make demo` prints and writes.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    /// Tweets Locust saw answered 202.
+    pub accepted: u64,
+    /// Requests that were not answered 202.
+    pub rejected: u64,
+    /// Records in the topic.
+    pub kafka_records: i64,
+    pub counted: i64,
+    pub archived: u64,
+    pub dead_lettered: i64,
+    /// Accepted but not counted.
+    pub lost: i64,
+    /// Counted more often than there are records.
+    pub double_counted: i64,
+    /// Accepted but not archived.
+    pub not_archived: i64,
+    /// Accepted tweets per second of burst.
+    pub tweets_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub top_countries: Vec<(String, i64)>,
+    pub top_climas: Vec<(String, i64)>,
+}
+
+impl Summary {
+    pub fn ok(&self) -> bool {
+        self.lost == 0 && self.double_counted == 0 && self.not_archived == 0 && self.accepted > 0
+    }
+
+    pub fn print(&self) {
+        let line = |k: &str, v: String| println!("  {k:<16} {v}");
+        println!("\nWeather Tweets demo summary");
+        line("accepted", self.accepted.to_string());
+        line("rejected", self.rejected.to_string());
+        line("in Kafka", self.kafka_records.to_string());
+        line("counted", self.counted.to_string());
+        line("archived", self.archived.to_string());
+        line("dead-lettered", self.dead_lettered.to_string());
+        line("lost", self.lost.to_string());
+        line("double-counted", self.double_counted.to_string());
+        line("not archived", self.not_archived.to_string());
+        line("throughput", format!("{:.0} tweets/s during bursts", self.tweets_per_s));
+        line("latency", format!("p50 {} ms, p99 {} ms (POST /input, Locust)", self.p50_ms, self.p99_ms));
+        let top = |v: &[(String, i64)]| v.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ");
+        line("top countries", top(&self.top_countries));
+        line("top conditions", top(&self.top_climas));
+        println!("  {}", if self.ok() { "OK: nothing lost, nothing counted twice" } else { "FAILED: see above" });
+    }
+}
+
+/// Deletes and re-creates the topics, and clears the Redis keys and the MongoDB database of
+/// this run. Offsets restart at 0 with a new topic, so the dedup bitmaps must go with it.
+pub async fn reset(options: &Options) -> anyhow::Result<()> {
+    let topics = topics(options)?;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &options.kafka_brokers).create()?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let admin_options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    admin.delete_topics(&names, &admin_options).await.context("deleting topics — is Kafka running?")?;
+    // Deletion is asynchronous: wait until the broker no longer lists the topics.
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &options.kafka_brokers).create()?;
+    for _ in 0..100 {
+        let metadata = consumer.fetch_metadata(None, Duration::from_secs(5))?;
+        if !metadata.topics().iter().any(|t| topics.iter().any(|n| n == t.name())) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    create_topics(&options.kafka_brokers, &topics).await?;
+
+    let mut redis = redis_connection(options).await?;
+    let keys: Vec<String> = redis.keys(format!("{}*", options.redis_prefix())).await?;
+    if !keys.is_empty() {
+        let _: () = redis.del(keys).await?;
+    }
+    mongo(options).await?.drop().await.context("dropping the MongoDB database — is the MongoDB-wire server running?")?;
+    Ok(())
+}
+
+/// Runs the demo; the error says what went wrong, the summary says whether the counts held.
+pub async fn run(options: Options, args: DemoArgs) -> anyhow::Result<Summary> {
+    std::fs::create_dir_all(&args.out)?;
+    println!("Resetting topics, counters and archive…");
+    reset(&options).await?;
+    println!("Starting the functions and the KafkaSources…");
+    let runner = Runner::start(options.clone()).await?;
+    let load = run_locust(&options, &args).await;
+    println!("Waiting for every record to be delivered…");
+    let drained = runner.drain(Duration::from_secs(120)).await;
+    let dead_lettered = runner.dead_lettered();
+    runner.stop().await;
+    load?;
+    drained?;
+
+    let summary = summarise(&options, &args, dead_lettered).await?;
+    std::fs::write(args.out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    summary.print();
+    println!("\nSummary written to {}", args.out.join("summary.json").display());
+    Ok(summary)
+}
+
+async fn run_locust(options: &Options, args: &DemoArgs) -> anyhow::Result<()> {
+    let total = args.bursts * args.burst_seconds + args.bursts.saturating_sub(1) * args.gap_seconds;
+    println!(
+        "Locust: {} burst(s) of {} s with {} users at {} req/s each, {} s apart (~{} s)…",
+        args.bursts, args.burst_seconds, args.users, args.user_rps, args.gap_seconds, total
+    );
+    let status = tokio::process::Command::new(&args.locust)
+        .arg("-f")
+        .arg(&args.locustfile)
+        .args(["--headless", "--host", &format!("http://127.0.0.1:{}", functions::port(options.base_port, "ingest"))])
+        .arg("--csv")
+        .arg(args.out.join("locust"))
+        .args(["--burst-users", &args.users.to_string(), "--burst-spawn-rate", &args.users.to_string()])
+        .args(["--burst-seconds", &args.burst_seconds.to_string(), "--gap-seconds", &args.gap_seconds.to_string()])
+        .args(["--bursts", &args.bursts.to_string(), "--user-rps", &args.user_rps.to_string()])
+        .stdin(Stdio::null())
+        .status()
+        .await
+        .with_context(|| format!("running {} (`make demo` installs it)", args.locust.display()))?;
+    // Locust exits 1 when any request failed; the summary reports those as rejected.
+    if !status.success() && status.code() != Some(1) {
+        bail!("locust failed with {status}");
+    }
+    Ok(())
+}
+
+async fn summarise(options: &Options, args: &DemoArgs, dead_lettered: u64) -> anyhow::Result<Summary> {
+    let stats = std::fs::read_to_string(args.out.join("locust_stats.csv")).context("reading Locust's statistics")?;
+    let row = locust_row(&stats, "Aggregated")?;
+    let requests = row.number("Request Count")? as u64;
+    let rejected = row.number("Failure Count")? as u64;
+    let accepted = requests - rejected;
+
+    let mut redis = redis_connection(options).await?;
+    let prefix = options.redis_prefix();
+    let counted: Option<i64> = redis.get(format!("{prefix}total")).await?;
+    let counted = counted.unwrap_or(0);
+    let top = |mut v: Vec<(String, i64)>| {
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(5);
+        v
+    };
+    let countries: Vec<(String, i64)> = redis.hgetall(format!("{prefix}countries")).await?;
+    let climas: Vec<(String, i64)> = redis.hgetall(format!("{prefix}climas")).await?;
+    let archived =
+        mongo(options).await?.collection::<mongodb::bson::Document>("tweets").count_documents(Default::default()).await?;
+
+    let topics = topics(options)?;
+    let messages = records(&options.kafka_brokers, &topics[1])?;
+    let dead_letter_records = records(&options.kafka_brokers, &topics[0])?;
+    if dead_letter_records != dead_lettered as i64 {
+        tracing::warn!(dead_letter_records, dead_lettered, "Dead-letter topic and runner disagree");
+    }
+    let burst_seconds = f64::from(args.bursts * args.burst_seconds).max(1.0);
+    Ok(Summary {
+        accepted,
+        rejected,
+        kafka_records: messages,
+        counted,
+        archived,
+        dead_lettered: dead_letter_records,
+        lost: (accepted as i64 - counted).max(0),
+        double_counted: (counted - messages).max(0),
+        not_archived: (accepted as i64 - archived as i64).max(0),
+        tweets_per_s: accepted as f64 / burst_seconds,
+        p50_ms: row.number("50%")?,
+        p99_ms: row.number("99%")?,
+        top_countries: top(countries),
+        top_climas: top(climas),
+    })
+}
+
+/// The run's topics, sorted: the dead-letter topic, then the topic of tweets.
+fn topics(options: &Options) -> anyhow::Result<Vec<String>> {
+    let sources = manifests::kafka_sources(&options.manifests)?;
+    let mut topics: Vec<String> = sources
+        .iter()
+        .flat_map(|s| s.topics.iter().chain(&s.delivery.dead_letter_topic))
+        .map(|t| options.topic(t))
+        .collect();
+    topics.sort();
+    topics.dedup();
+    if topics.len() != 2 {
+        bail!("expected one topic and one dead-letter topic in the manifests, found {topics:?}");
+    }
+    Ok(topics)
+}
+
+/// Records in a topic (sum of high − low watermarks).
+fn records(brokers: &str, topic: &str) -> anyhow::Result<i64> {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+    let mut total = 0;
+    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(5))?;
+        total += high - low;
+    }
+    Ok(total)
+}
+
+async fn redis_connection(options: &Options) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(options.redis_url.as_str())?;
+    client.get_multiplexed_async_connection().await.context("connecting to Redis — is it running?")
+}
+
+async fn mongo(options: &Options) -> anyhow::Result<mongodb::Database> {
+    let mut mongo_options = mongodb::options::ClientOptions::parse(&options.mongodb_uri).await?;
+    mongo_options.server_selection_timeout = Some(Duration::from_secs(5));
+    Ok(mongodb::Client::with_options(mongo_options)?.database(&options.mongodb_database()))
+}
+
+/// One row of Locust's `*_stats.csv`, by its `Name` column.
+struct Row(Vec<(String, String)>);
+
+impl Row {
+    fn number(&self, column: &str) -> anyhow::Result<f64> {
+        let (_, v) = self.0.iter().find(|(k, _)| k == column).with_context(|| format!("no column {column:?}"))?;
+        if v == "N/A" {
+            return Ok(0.0);
+        }
+        v.parse().with_context(|| format!("column {column:?} holds {v:?}"))
+    }
+}
+
+fn locust_row(csv: &str, name: &str) -> anyhow::Result<Row> {
+    let split = |line: &str| line.split(',').map(|c| c.trim_matches('"').to_owned()).collect::<Vec<_>>();
+    let mut lines = csv.lines();
+    let header = split(lines.next().context("empty statistics file")?);
+    let row = lines.map(split).find(|r| r.get(1).is_some_and(|n| n == name)).with_context(|| format!("no {name} row"))?;
+    Ok(Row(header.into_iter().zip(row).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_locust_statistics() {
+        let csv = "Type,Name,Request Count,Failure Count,Requests/s,50%,99%\nPOST,/input,10,1,2.5,3,9\n,Aggregated,10,1,2.5,3,9\n";
+        let row = locust_row(csv, "Aggregated").unwrap();
+        assert_eq!(row.number("Request Count").unwrap(), 10.0);
+        assert_eq!(row.number("99%").unwrap(), 9.0);
+        assert!(row.number("95%").is_err());
+        assert!(locust_row(csv, "Nope").is_err());
+    }
+}

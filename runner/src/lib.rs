@@ -1,0 +1,211 @@
+//! The local runner plays Knative's part on one machine: it runs the four functions as child
+//! processes ([`functions`]) and, for every KafkaSource in the `knative/` manifests
+//! ([`manifests`]), delivers the topic's records to the sink as KafkaSource does ([`source`],
+//! [`record`]). [`demo`] is the README's first command: a Locust burst and its summary.
+
+pub mod demo;
+pub mod functions;
+pub mod manifests;
+pub mod record;
+pub mod source;
+
+use anyhow::Context;
+use functions::Functions;
+use rdkafka::{
+    ClientConfig,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    producer::FutureProducer,
+    types::RDKafkaErrorCode,
+};
+use source::Source;
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+use tokio::sync::watch;
+
+/// Partitions of the topics the runner creates (as `strimzi/` does: ≥ 3, so sinks can scale).
+pub const PARTITIONS: i32 = 3;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// Folder of the Knative manifests whose KafkaSources the runner plays.
+    #[arg(long, env = "RUNNER_MANIFESTS", default_value = "knative/base")]
+    pub manifests: PathBuf,
+    /// Folder of the function binaries; defaults to the runner's own folder.
+    #[arg(long, env = "RUNNER_BIN_DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// Folder for the functions' log files.
+    #[arg(long, env = "RUNNER_LOG_DIR", default_value = "target/runner")]
+    pub log_dir: PathBuf,
+    /// Port of ingest; producer, counter and archiver take the next three.
+    #[arg(long, env = "RUNNER_BASE_PORT", default_value_t = 8080)]
+    pub base_port: u16,
+    /// Kafka bootstrap servers (the manifests' bootstrapServers name the cluster's).
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// Redis URL, for `reset` and the summary (counter reads the same variable).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/0")]
+    pub redis_url: String,
+    /// MongoDB URI, for `reset` and the summary (archiver reads the same variable).
+    #[arg(long, env = "MONGODB_URI", default_value = "mongodb://127.0.0.1:27017")]
+    pub mongodb_uri: String,
+    /// Isolates a run: suffixes topics, consumer groups, the Redis key prefix and the MongoDB
+    /// database with this id (tests use one per test).
+    #[arg(long, env = "RUNNER_RUN_ID")]
+    pub run_id: Option<String>,
+    /// Deliver every event this many times: at-least-once made visible, to check that the
+    /// sinks' effect stays exactly once.
+    #[arg(long, env = "RUNNER_DELIVERIES", default_value_t = 1)]
+    pub deliveries: u32,
+}
+
+impl Options {
+    fn suffixed(&self, name: &str, sep: &str) -> String {
+        match &self.run_id {
+            Some(id) => format!("{name}{sep}{id}"),
+            None => name.to_owned(),
+        }
+    }
+
+    /// Topic (or consumer group) name for this run.
+    pub fn topic(&self, name: &str) -> String {
+        self.suffixed(name, "-")
+    }
+
+    pub fn redis_prefix(&self) -> String {
+        format!("{}:", self.suffixed("weather", ":"))
+    }
+
+    pub fn mongodb_database(&self) -> String {
+        self.suffixed("weather", "_")
+    }
+
+    fn function_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("KAFKA_BROKERS".into(), self.kafka_brokers.clone()),
+            ("KAFKA_TOPIC".into(), self.topic("messages")),
+            ("REDIS_URL".into(), self.redis_url.clone()),
+            ("REDIS_KEY_PREFIX".into(), self.redis_prefix()),
+            ("MONGODB_URI".into(), self.mongodb_uri.clone()),
+            ("MONGODB_DATABASE".into(), self.mongodb_database()),
+        ]
+    }
+
+    fn bin_dir(&self) -> anyhow::Result<PathBuf> {
+        match &self.bin_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => Ok(std::env::current_exe()?.parent().context("the runner's folder")?.to_path_buf()),
+        }
+    }
+}
+
+/// The functions and the sources, running.
+pub struct Runner {
+    pub functions: Functions,
+    pub sources: Vec<Source>,
+    pub options: Options,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Runner {
+    /// Creates the topics if needed, starts the functions, then the sources.
+    pub async fn start(options: Options) -> anyhow::Result<Runner> {
+        let sources = manifests::kafka_sources(&options.manifests)?;
+        let mut topics: Vec<String> = sources
+            .iter()
+            .flat_map(|s| s.topics.iter().chain(&s.delivery.dead_letter_topic))
+            .map(|t| options.topic(t))
+            .collect();
+        topics.sort();
+        topics.dedup();
+        create_topics(&options.kafka_brokers, &topics).await?;
+
+        let mut functions =
+            Functions::new(options.bin_dir()?, options.log_dir.clone(), options.base_port, options.function_env());
+        if let Err(e) = functions.start_all().await {
+            functions.stop_all().await;
+            return Err(e);
+        }
+
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &options.kafka_brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create()
+            .context("creating the dead-letter producer")?;
+        let (shutdown, stop) = watch::channel(false);
+        let mut running = Vec::new();
+        for mut source in sources {
+            source.topics = source.topics.iter().map(|t| options.topic(t)).collect();
+            source.consumer_group = options.topic(&source.consumer_group);
+            source.delivery.dead_letter_topic = source.delivery.dead_letter_topic.map(|t| options.topic(&t));
+            let sink_url = functions.url(&source.sink);
+            running.push(Source::start(
+                source,
+                &options.kafka_brokers,
+                sink_url,
+                producer.clone(),
+                options.deliveries,
+                stop.clone(),
+            )?);
+        }
+        Ok(Runner { functions, sources: running, options, shutdown })
+    }
+
+    /// Records not yet delivered or dead-lettered, over all sources.
+    pub fn lag(&self) -> anyhow::Result<i64> {
+        self.sources.iter().map(Source::lag).sum()
+    }
+
+    /// Waits until every source has caught up with its topics.
+    pub async fn drain(&self, timeout: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let lag = self.lag()?;
+            if lag == 0 {
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                anyhow::bail!("{lag} records still undelivered after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn dead_lettered(&self) -> u64 {
+        self.sources.iter().map(|s| s.progress().dead_lettered.load(std::sync::atomic::Ordering::Relaxed)).sum()
+    }
+
+    /// Stops the sources first (they commit what was delivered), then the functions.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        for source in self.sources.drain(..) {
+            source.stop().await;
+        }
+        self.functions.stop_all().await;
+    }
+}
+
+/// Creates the topics that do not exist yet.
+pub async fn create_topics(brokers: &str, topics: &[String]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().context("creating the Kafka admin client")?;
+    let new: Vec<NewTopic> =
+        topics.iter().map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1))).collect();
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics(&new, &options)
+        .await
+        .with_context(|| format!("creating topics on Kafka at {brokers} — is it running? (`dev/stack up`)"))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => anyhow::bail!("creating topic {topic}: {code}"),
+        }
+    }
+    Ok(())
+}

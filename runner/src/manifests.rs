@@ -1,0 +1,297 @@
+//! Reads the KafkaSources (and the KafkaSink that is their dead-letter sink) from the same
+//! `knative/` manifests that go to the cluster, so the local runner and Kubernetes cannot drift.
+//! Defaults are Knative's own (eventing-kafka-broker `kafka_defaults.go`, `source.go`).
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+/// A KafkaSource as the runner uses it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaSource {
+    pub name: String,
+    pub namespace: String,
+    pub topics: Vec<String>,
+    pub consumer_group: String,
+    pub initial_offset: String,
+    pub ordering: Ordering,
+    pub delivery: Delivery,
+    /// Name of the Knative Service the events go to.
+    pub sink: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ordering {
+    /// One event in flight per partition, retries included.
+    Ordered,
+    /// Up to `UNORDERED_IN_FLIGHT` events in flight per partition.
+    Unordered,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// Retries after the first attempt.
+    pub retry: u32,
+    pub backoff: Backoff,
+    pub backoff_delay: Duration,
+    /// Per attempt.
+    pub timeout: Duration,
+    /// Kafka topic of the dead-letter KafkaSink, if any.
+    pub dead_letter_topic: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backoff {
+    Exponential,
+    Linear,
+}
+
+impl Delivery {
+    /// Knative's wait before retry `n` (1-based): `delay·2ⁿ` or `delay·n`, no jitter, no cap.
+    pub fn wait_before_retry(&self, n: u32) -> Duration {
+        match self.backoff {
+            Backoff::Exponential => self.backoff_delay.saturating_mul(2u32.saturating_pow(n)),
+            Backoff::Linear => self.backoff_delay.saturating_mul(n),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Resource {
+    api_version: String,
+    kind: String,
+    metadata: Metadata,
+    #[serde(default)]
+    spec: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    name: String,
+    namespace: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct SourceSpec {
+    topics: Vec<String>,
+    consumer_group: Option<String>,
+    initial_offset: Option<String>,
+    ordering: Option<String>,
+    delivery: Option<DeliverySpec>,
+    sink: Destination,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct DeliverySpec {
+    retry: Option<u32>,
+    backoff_policy: Option<String>,
+    backoff_delay: Option<String>,
+    timeout: Option<String>,
+    dead_letter_sink: Option<Destination>,
+}
+
+#[derive(Deserialize, Default)]
+struct Destination {
+    #[serde(rename = "ref")]
+    reference: Option<Reference>,
+}
+
+#[derive(Deserialize, Default)]
+struct Reference {
+    kind: String,
+    name: String,
+}
+
+/// Every KafkaSource under `dir` (all `*.yaml` files, several documents per file allowed).
+pub fn kafka_sources(dir: &Path) -> anyhow::Result<Vec<KafkaSource>> {
+    let resources = read_dir(dir)?;
+    let sink_topics: BTreeMap<String, String> = resources
+        .iter()
+        .filter(|(_, r)| r.kind == "KafkaSink")
+        .filter_map(|(_, r)| Some((r.metadata.name.clone(), r.spec.get("topic")?.as_str()?.to_owned())))
+        .collect();
+    let mut sources = Vec::new();
+    for (path, r) in resources.iter().filter(|(_, r)| r.kind == "KafkaSource") {
+        let source = kafka_source(r, &sink_topics)
+            .with_context(|| format!("KafkaSource {:?} in {}", r.metadata.name, path.display()))?;
+        sources.push(source);
+    }
+    if sources.is_empty() {
+        bail!("no KafkaSource found under {}", dir.display());
+    }
+    Ok(sources)
+}
+
+fn kafka_source(r: &Resource, sink_topics: &BTreeMap<String, String>) -> anyhow::Result<KafkaSource> {
+    if !r.api_version.starts_with("sources.knative.dev/") {
+        bail!("apiVersion {} is not sources.knative.dev", r.api_version);
+    }
+    let spec: SourceSpec = serde_json::from_value(r.spec.clone()).context("reading spec")?;
+    let sink = match spec.sink.reference {
+        Some(Reference { kind, name }) if kind == "Service" => name,
+        _ => bail!("spec.sink must reference a Knative Service"),
+    };
+    if spec.topics.is_empty() {
+        bail!("spec.topics is empty");
+    }
+    let ordering = match spec.ordering.as_deref().unwrap_or("ordered") {
+        "ordered" => Ordering::Ordered,
+        "unordered" => Ordering::Unordered,
+        other => bail!("spec.ordering {other:?} is neither ordered nor unordered"),
+    };
+    let initial_offset = spec.initial_offset.unwrap_or_else(|| "latest".into());
+    if initial_offset != "earliest" && initial_offset != "latest" {
+        bail!("spec.initialOffset {initial_offset:?} is neither earliest nor latest");
+    }
+    let delivery = match spec.delivery {
+        // Knative's defaults when spec.delivery is absent.
+        None => Delivery {
+            retry: 10,
+            backoff: Backoff::Exponential,
+            backoff_delay: Duration::from_millis(300),
+            timeout: Duration::from_secs(600),
+            dead_letter_topic: None,
+        },
+        Some(d) => Delivery {
+            retry: d.retry.unwrap_or(0),
+            backoff: match d.backoff_policy.as_deref() {
+                Some("linear") => Backoff::Linear,
+                _ => Backoff::Exponential,
+            },
+            backoff_delay: d.backoff_delay.as_deref().map(iso8601).transpose()?.unwrap_or(Duration::from_millis(200)),
+            timeout: d.timeout.as_deref().map(iso8601).transpose()?.unwrap_or(Duration::from_secs(600)),
+            dead_letter_topic: match d.dead_letter_sink.and_then(|d| d.reference) {
+                None => None,
+                Some(Reference { kind, name }) if kind == "KafkaSink" => Some(
+                    sink_topics
+                        .get(&name)
+                        .with_context(|| format!("deadLetterSink KafkaSink {name:?} is not defined"))?
+                        .clone(),
+                ),
+                Some(Reference { kind, .. }) => bail!("deadLetterSink of kind {kind} is not supported locally"),
+            },
+        },
+    };
+    Ok(KafkaSource {
+        consumer_group: spec
+            .consumer_group
+            .with_context(|| "spec.consumerGroup is required (Knative's default is a random uuid)")?,
+        name: r.metadata.name.clone(),
+        namespace: r.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        topics: spec.topics,
+        initial_offset,
+        ordering,
+        delivery,
+        sink,
+    })
+}
+
+fn read_dir(dir: &Path) -> anyhow::Result<Vec<(PathBuf, Resource)>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading manifests in {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    paths.sort();
+    let mut resources = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        for doc in text.split("\n---").filter(|d| d.lines().any(|l| l.starts_with("kind:"))) {
+            let resource: Resource =
+                serde_saphyr::from_str(doc).with_context(|| format!("parsing {}", path.display()))?;
+            resources.push((path.clone(), resource));
+        }
+    }
+    Ok(resources)
+}
+
+/// The time part of an ISO-8601 duration (`PT0.2S`, `PT1M30S`, `PT2H`), as Knative's delivery
+/// fields use it.
+pub fn iso8601(s: &str) -> anyhow::Result<Duration> {
+    let rest = s.strip_prefix("PT").with_context(|| format!("duration {s:?} does not start with PT"))?;
+    let mut total = 0.0_f64;
+    let mut number = String::new();
+    for c in rest.chars() {
+        let unit = match c {
+            '0'..='9' | '.' => {
+                number.push(c);
+                continue;
+            }
+            'H' => 3600.0,
+            'M' => 60.0,
+            'S' => 1.0,
+            _ => bail!("duration {s:?} has an unexpected {c:?}"),
+        };
+        let value: f64 = number.parse().with_context(|| format!("duration {s:?} has a bad number"))?;
+        total += value * unit;
+        number.clear();
+    }
+    if !number.is_empty() || rest.is_empty() {
+        bail!("duration {s:?} is incomplete");
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso8601_durations() {
+        assert_eq!(iso8601("PT0.2S").unwrap(), Duration::from_millis(200));
+        assert_eq!(iso8601("PT1M30S").unwrap(), Duration::from_secs(90));
+        assert_eq!(iso8601("PT2H").unwrap(), Duration::from_secs(7200));
+        for bad in ["0.2S", "PT", "PT5", "PT1D", "PTxS"] {
+            assert!(iso8601(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn backoff_follows_knative() {
+        let d = |backoff| Delivery {
+            retry: 3,
+            backoff,
+            backoff_delay: Duration::from_millis(100),
+            timeout: Duration::from_secs(1),
+            dead_letter_topic: None,
+        };
+        let exp: Vec<_> = (1..=3).map(|n| d(Backoff::Exponential).wait_before_retry(n).as_millis()).collect();
+        assert_eq!(exp, [200, 400, 800]);
+        let lin: Vec<_> = (1..=3).map(|n| d(Backoff::Linear).wait_before_retry(n).as_millis()).collect();
+        assert_eq!(lin, [100, 200, 300]);
+    }
+
+    #[test]
+    fn reads_the_project_manifests() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../knative/base");
+        let sources = kafka_sources(&dir).unwrap();
+        let sinks: Vec<_> = sources.iter().map(|s| s.sink.as_str()).collect();
+        assert_eq!(sinks, ["archiver", "counter"]);
+        for s in &sources {
+            assert_eq!(s.topics, ["messages"]);
+            assert_eq!(s.delivery.dead_letter_topic.as_deref(), Some("messages-dlq"));
+            assert!(s.delivery.retry > 0);
+        }
+    }
+
+    #[test]
+    fn an_unknown_ordering_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("manifests-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("s.yaml"),
+            "apiVersion: sources.knative.dev/v1\nkind: KafkaSource\nmetadata:\n  name: s\nspec:\n  topics: [t]\n  consumerGroup: g\n  ordering: sorted\n  sink:\n    ref:\n      kind: Service\n      name: counter\n",
+        )
+        .unwrap();
+        let err = kafka_sources(&dir).unwrap_err();
+        assert!(format!("{err:#}").contains("ordering"), "{err:#}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,127 @@
+//! Turns a Kafka record into the CloudEvent KafkaSource delivers, exactly as the dispatcher of
+//! eventing-kafka-broker does (`InvalidCloudEventInterceptor`, `CloudEventOverridesMutator`):
+//! a CloudEvent record (binary or structured mode) is forwarded as it is, anything else is
+//! wrapped as `dev.knative.kafka.event`, and both get `knativekafkapartition`/`…offset`.
+
+use chrono::{DateTime, Utc};
+use cloudevents::{
+    AttributesWriter, Event, EventBuilder, EventBuilderV10, binding::rdkafka::MessageExt, event::ExtensionValue,
+};
+use common::event::{KAFKA_EVENT_TYPE, OFFSET_EXTENSION, PARTITION_EXTENSION};
+use rdkafka::message::{Headers, Message};
+
+/// The event for `record`, as the KafkaSource `namespace/name` would deliver it.
+pub fn to_event<M: MessageExt + Message>(message: &M, namespace: &str, name: &str) -> Event {
+    let mut event = match message.to_event() {
+        Ok(event) => event,
+        Err(_) => wrap(message, namespace, name),
+    };
+    event.set_extension(PARTITION_EXTENSION, ExtensionValue::Integer(message.partition().into()));
+    event.set_extension(OFFSET_EXTENSION, ExtensionValue::Integer(message.offset()));
+    event
+}
+
+fn wrap(message: &impl Message, namespace: &str, name: &str) -> Event {
+    let (partition, offset) = (message.partition(), message.offset());
+    let mut builder = EventBuilderV10::new()
+        .id(format!("partition:{partition}/offset:{offset}"))
+        .ty(KAFKA_EVENT_TYPE)
+        .source(format!("/apis/v1/namespaces/{namespace}/kafkasources/{name}#{}", message.topic()))
+        .subject(format!("partition:{partition}#{offset}"));
+    if let Some(time) = message.timestamp().to_millis().and_then(DateTime::<Utc>::from_timestamp_millis) {
+        builder = builder.time(time);
+    }
+    if let Some(key) = message.key().filter(|k| !k.is_empty()) {
+        let key = String::from_utf8_lossy(key).into_owned();
+        builder = builder.extension("partitionkey", key.clone()).extension("key", key);
+    }
+    let mut content_type = None;
+    if let Some(headers) = message.headers() {
+        for header in headers.iter() {
+            let value = String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned();
+            if header.key.eq_ignore_ascii_case("content-type") {
+                content_type = Some(value.to_lowercase());
+            } else {
+                builder = builder.extension(&format!("kafkaheader{}", sanitise(header.key)), value);
+            }
+        }
+    }
+    let mut event = builder.build().expect("id, type and source are set");
+    if let Some(value) = message.payload() {
+        event.set_datacontenttype(content_type);
+        event.set_data_unchecked(value.to_vec());
+    }
+    event
+}
+
+/// Knative keeps only `[a-z0-9]` of a lower-cased header name.
+fn sanitise(key: &str) -> String {
+    key.to_lowercase().chars().filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cloudevents::{AttributesReader, Data};
+    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+
+    fn record(key: Option<&[u8]>, value: &[u8], headers: OwnedHeaders) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(value.to_vec()),
+            key.map(<[u8]>::to_vec),
+            "messages".into(),
+            Timestamp::CreateTime(1_700_000_000_123),
+            2,
+            41,
+            Some(headers),
+        )
+    }
+
+    #[test]
+    fn a_plain_record_is_wrapped_like_knative_does() {
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "Content-Type", value: Some("Application/JSON") })
+            .insert(Header { key: "X-Trace_Id", value: Some("abc") });
+        let r = record(Some(b"Chile"), br#"{"texto":"sol","pais":"Chile"}"#, headers);
+        let e = to_event(&r, "weather", "counter");
+        assert_eq!(e.id(), "partition:2/offset:41");
+        assert_eq!(e.ty(), KAFKA_EVENT_TYPE);
+        assert_eq!(e.source().to_string(), "/apis/v1/namespaces/weather/kafkasources/counter#messages");
+        assert_eq!(e.subject(), Some("partition:2#41"));
+        assert_eq!(e.time().map(|t| t.timestamp_millis()), Some(1_700_000_000_123));
+        assert_eq!(e.datacontenttype(), Some("application/json"));
+        assert_eq!(e.extension("key").map(|v| v.to_string()).as_deref(), Some("Chile"));
+        assert_eq!(e.extension("partitionkey").map(|v| v.to_string()).as_deref(), Some("Chile"));
+        assert_eq!(e.extension("kafkaheaderxtraceid").map(|v| v.to_string()).as_deref(), Some("abc"));
+        assert_eq!(e.extension(PARTITION_EXTENSION), Some(&ExtensionValue::Integer(2)));
+        assert_eq!(e.extension(OFFSET_EXTENSION), Some(&ExtensionValue::Integer(41)));
+        assert_eq!(e.data(), Some(&Data::Binary(br#"{"texto":"sol","pais":"Chile"}"#.to_vec())));
+    }
+
+    #[test]
+    fn a_cloudevent_record_is_forwarded_with_its_attributes() {
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "ce_specversion", value: Some("1.0") })
+            .insert(Header { key: "ce_id", value: Some("tweet-1") })
+            .insert(Header { key: "ce_type", value: Some("io.github.weathertweets.tweet.v1") })
+            .insert(Header { key: "ce_source", value: Some("/weather-tweets/producer") })
+            .insert(Header { key: "ce_traceparent", value: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01") })
+            .insert(Header { key: "content-type", value: Some("application/json") });
+        let r = record(Some(b"Chile"), br#"{"texto":"sol","pais":"Chile"}"#, headers);
+        let e = to_event(&r, "weather", "counter");
+        assert_eq!((e.id(), e.ty()), ("tweet-1", "io.github.weathertweets.tweet.v1"));
+        assert!(e.extension("key").is_none());
+        assert!(e.extension("traceparent").is_some());
+        assert_eq!(e.extension(OFFSET_EXTENSION), Some(&ExtensionValue::Integer(41)));
+    }
+
+    #[test]
+    fn a_broken_cloudevent_is_wrapped_not_dropped() {
+        let headers = OwnedHeaders::new().insert(Header { key: "ce_specversion", value: Some("0.1") });
+        let r = record(None, b"\xff\x00garbage", headers);
+        let e = to_event(&r, "weather", "archiver");
+        assert_eq!(e.ty(), KAFKA_EVENT_TYPE);
+        assert!(e.extension("key").is_none());
+        assert_eq!(e.data(), Some(&Data::Binary(b"\xff\x00garbage".to_vec())));
+    }
+}

@@ -1,0 +1,322 @@
+//! One KafkaSource, played locally: consume its topics with its consumer group and deliver each
+//! record to its sink as eventing-kafka-broker's dispatcher does — retries with the source's
+//! backoff on 5xx, 404, 408, 409, 429 and network errors, other failures straight to the
+//! dead-letter sink — and store a partition's offset only once every record before it was
+//! delivered or dead-lettered (librdkafka then commits stored offsets every second).
+//!
+//! One difference, on purpose: Knative commits a record whose dead-letter send failed; we keep
+//! retrying the dead-letter topic instead, so a record is never dropped.
+
+use crate::manifests::{KafkaSource, Ordering};
+use crate::record;
+use anyhow::Context;
+use base64::Engine;
+use cloudevents::{Event, binding::rdkafka::FutureRecordExt, binding::rdkafka::MessageRecord};
+use cloudevents::binding::reqwest::RequestBuilderExt;
+use futures::{StreamExt, stream::FuturesOrdered};
+use rdkafka::{
+    ClientConfig, Message, Offset, TopicPartitionList,
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    message::OwnedMessage,
+    producer::{FutureProducer, FutureRecord},
+    util::Timeout,
+};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+use tokio::{sync::mpsc, sync::watch, task::JoinHandle};
+
+/// Events in flight per partition for `ordering: unordered` (Knative's `max.poll.records`).
+pub const UNORDERED_IN_FLIGHT: usize = 50;
+/// Knative keeps at most this much of a failed response in `knativeerrordata`.
+const ERROR_DATA_BYTES: usize = 1024;
+
+/// A running source.
+pub struct Source {
+    pub name: String,
+    consumer: Arc<StreamConsumer>,
+    topics: Vec<String>,
+    progress: Arc<Progress>,
+    task: JoinHandle<()>,
+}
+
+/// What the source has done, for draining and the summary.
+#[derive(Default)]
+pub struct Progress {
+    /// Next offset to deliver, per (topic, partition): everything before it is done.
+    next: Mutex<HashMap<(String, i32), i64>>,
+    pub delivered: AtomicU64,
+    pub dead_lettered: AtomicU64,
+}
+
+struct Dispatcher {
+    source: KafkaSource,
+    sink_url: String,
+    client: reqwest::Client,
+    producer: FutureProducer,
+    consumer: Arc<StreamConsumer>,
+    progress: Arc<Progress>,
+    deliveries: u32,
+    shutdown: watch::Receiver<bool>,
+}
+
+struct Failure {
+    code: Option<u16>,
+    body: Vec<u8>,
+    error: String,
+}
+
+impl Source {
+    /// Subscribes and starts delivering until `shutdown` turns true.
+    pub fn start(
+        source: KafkaSource,
+        brokers: &str,
+        sink_url: String,
+        producer: FutureProducer,
+        deliveries: u32,
+        shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<Source> {
+        let consumer: Arc<StreamConsumer> = Arc::new(
+            ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("group.id", &source.consumer_group)
+                .set("enable.auto.commit", "true")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.commit.interval.ms", "1000")
+                .set("auto.offset.reset", &source.initial_offset)
+                .set("isolation.level", "read_committed")
+                .create()
+                .context("creating the Kafka consumer")?,
+        );
+        let topics: Vec<&str> = source.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).context("subscribing")?;
+        let progress = Arc::new(Progress::default());
+        let dispatcher = Arc::new(Dispatcher {
+            client: reqwest::Client::builder().tcp_nodelay(true).build().context("creating the HTTP client")?,
+            sink_url,
+            producer,
+            consumer: consumer.clone(),
+            progress: progress.clone(),
+            deliveries,
+            shutdown,
+            source: source.clone(),
+        });
+        tracing::info!(source = %source.name, group = %source.consumer_group, sink = %dispatcher.sink_url, "Source started");
+        Ok(Source {
+            name: source.name.clone(),
+            topics: source.topics.clone(),
+            consumer,
+            progress,
+            task: tokio::spawn(dispatcher.poll()),
+        })
+    }
+
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    /// Records in the source's topics not yet delivered or dead-lettered.
+    pub fn lag(&self) -> anyhow::Result<i64> {
+        let next = self.progress.next.lock().expect("progress lock").clone();
+        let mut lag = 0;
+        for topic in &self.topics {
+            let metadata = self.consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+            for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+                let (low, high) = self.consumer.fetch_watermarks(topic, partition.id(), Duration::from_secs(5))?;
+                let done = next.get(&(topic.clone(), partition.id())).copied().unwrap_or(low);
+                lag += (high - done).max(0);
+            }
+        }
+        Ok(lag)
+    }
+
+    /// Waits for the delivery loop (already told to stop) and commits what was stored.
+    pub async fn stop(self) {
+        let _ = self.task.await;
+        let mut stored = TopicPartitionList::new();
+        for ((topic, partition), next) in self.progress.next.lock().expect("progress lock").iter() {
+            let _ = stored.add_partition_offset(topic, *partition, Offset::Offset(*next));
+        }
+        if stored.count() > 0
+            && let Err(e) = self.consumer.commit(&stored, CommitMode::Sync)
+        {
+            tracing::warn!(source = %self.name, error = %e, "Final commit failed; records will be delivered again");
+        }
+    }
+}
+
+impl Dispatcher {
+    /// Reads records and hands each to its partition's worker, which keeps the partition's order.
+    async fn poll(self: Arc<Self>) {
+        let mut workers: HashMap<(String, i32), (mpsc::Sender<OwnedMessage>, JoinHandle<()>)> = HashMap::new();
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                m = self.consumer.recv() => m,
+            };
+            let message = match message {
+                Ok(m) => m.detach(),
+                Err(e) => {
+                    tracing::warn!(source = %self.source.name, error = %e, "Kafka consumer error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let key = (message.topic().to_owned(), message.partition());
+            let (tx, _) = workers.entry(key).or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(1024);
+                (tx, tokio::spawn(self.clone().work(rx)))
+            });
+            if tx.send(message).await.is_err() {
+                break;
+            }
+        }
+        for (_, (tx, handle)) in workers {
+            drop(tx);
+            let _ = handle.await;
+        }
+    }
+
+    /// Delivers one partition's records; results are taken in offset order, so a stored offset
+    /// never passes a record still in flight.
+    async fn work(self: Arc<Self>, mut records: mpsc::Receiver<OwnedMessage>) {
+        let window = match self.source.ordering {
+            Ordering::Ordered => 1,
+            Ordering::Unordered => UNORDERED_IN_FLIGHT,
+        };
+        let mut in_flight = FuturesOrdered::new();
+        let mut open = true;
+        while open || !in_flight.is_empty() {
+            tokio::select! {
+                biased;
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => match done {
+                    Some((topic, partition, offset)) => self.done(topic, partition, offset),
+                    None => return,
+                },
+                record = records.recv(), if open && in_flight.len() < window => match record {
+                    Some(r) => in_flight.push_back(self.clone().dispatch(r)),
+                    None => open = false,
+                },
+            }
+        }
+    }
+
+    fn done(&self, topic: String, partition: i32, offset: i64) {
+        if let Err(e) = self.consumer.store_offset(&topic, partition, offset + 1) {
+            tracing::warn!(%topic, partition, error = %e, "Storing the offset failed");
+        }
+        self.progress.next.lock().expect("progress lock").insert((topic, partition), offset + 1);
+    }
+
+    /// Delivers (or dead-letters) one record; `None` if shutdown interrupted it.
+    async fn dispatch(self: Arc<Self>, message: OwnedMessage) -> Option<(String, i32, i64)> {
+        let event = record::to_event(&message, &self.source.namespace, &self.source.name);
+        for _ in 0..self.deliveries {
+            match self.deliver(&event).await? {
+                Ok(()) => {}
+                Err(failure) => {
+                    self.dead_letter(&message, event, failure).await?;
+                    return Some((message.topic().to_owned(), message.partition(), message.offset()));
+                }
+            }
+        }
+        self.progress.delivered.fetch_add(1, Relaxed);
+        Some((message.topic().to_owned(), message.partition(), message.offset()))
+    }
+
+    /// One delivery with the source's retries; `None` if shutdown interrupted the retries.
+    async fn deliver(&self, event: &Event) -> Option<Result<(), Failure>> {
+        let delivery = &self.source.delivery;
+        let mut retries = 0;
+        loop {
+            let failure = match self.send(event).await {
+                Ok(()) => return Some(Ok(())),
+                Err(f) => f,
+            };
+            let retryable = failure.code.is_none_or(|c| c >= 500 || [404, 408, 409, 429].contains(&c));
+            if !retryable || retries >= delivery.retry {
+                return Some(Err(failure));
+            }
+            retries += 1;
+            tracing::debug!(sink = %self.sink_url, code = ?failure.code, error = %failure.error, retries, "Retrying delivery");
+            if !self.wait(delivery.wait_before_retry(retries)).await {
+                return None;
+            }
+        }
+    }
+
+    async fn send(&self, event: &Event) -> Result<(), Failure> {
+        let request = self
+            .client
+            .post(&self.sink_url)
+            .timeout(self.source.delivery.timeout)
+            .header("Prefer", "reply")
+            .header("Kn-Namespace", &self.source.namespace)
+            .event(event.clone())
+            .map_err(|e| Failure { code: None, body: Vec::new(), error: e.to_string() })?;
+        match request.send().await {
+            Ok(response) if response.status().as_u16() < 300 => Ok(()),
+            Ok(response) => {
+                let code = response.status().as_u16();
+                let body = response.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+                Err(Failure { code: Some(code), error: format!("HTTP {code}"), body })
+            }
+            Err(e) => Err(Failure { code: None, body: Vec::new(), error: e.to_string() }),
+        }
+    }
+
+    /// Writes the event, with Knative's error extensions, to the dead-letter topic; retries until
+    /// Kafka takes it. `None` if shutdown interrupted it.
+    async fn dead_letter(&self, message: &OwnedMessage, mut event: Event, failure: Failure) -> Option<()> {
+        tracing::warn!(source = %self.source.name, partition = message.partition(), offset = message.offset(),
+            code = ?failure.code, error = %failure.error, "Delivery failed, dead-lettering");
+        let Some(topic) = &self.source.delivery.dead_letter_topic else {
+            tracing::error!(source = %self.source.name, "No dead-letter sink: the record is dropped, as Knative does");
+            return Some(());
+        };
+        event.set_extension("knativeerrordest", self.sink_url.clone());
+        if let Some(code) = failure.code {
+            event.set_extension("knativeerrorcode", code.to_string());
+            let data = &failure.body[..failure.body.len().min(ERROR_DATA_BYTES)];
+            event.set_extension("knativeerrordata", base64::engine::general_purpose::STANDARD.encode(data));
+        }
+        let record = match MessageRecord::from_event(event) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot encode the dead letter");
+                return Some(());
+            }
+        };
+        loop {
+            let mut out = FutureRecord::to(topic).message_record(&record);
+            if let Some(key) = message.key() {
+                out = out.key(key);
+            }
+            match self.producer.send(out, Timeout::After(Duration::from_secs(10))).await {
+                Ok(_) => {
+                    self.progress.dead_lettered.fetch_add(1, Relaxed);
+                    return Some(());
+                }
+                Err((e, _)) => tracing::error!(%topic, error = %e, "Writing the dead letter failed, retrying"),
+            }
+            if !self.wait(Duration::from_secs(1)).await {
+                return None;
+            }
+        }
+    }
+
+    /// Sleeps; false if shutdown came first.
+    async fn wait(&self, duration: Duration) -> bool {
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(duration) => true,
+            _ = shutdown.wait_for(|stop| *stop) => false,
+        }
+    }
+}
