@@ -87,24 +87,30 @@ impl Summary {
         line("not archived", self.not_archived.to_string());
         line("throughput", format!("{:.0} tweets/s during bursts", self.tweets_per_s));
         line("latency", format!("p50 {} ms, p99 {} ms (POST /input, Locust)", self.p50_ms, self.p99_ms));
-        let top = |v: &[(String, i64)]| v.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ");
+        let top =
+            |v: &[(String, i64)]| v.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ");
         line("top countries", top(&self.top_countries));
         line("top conditions", top(&self.top_climas));
-        println!("  {}", if self.ok() { "OK: nothing lost, nothing counted twice" } else { "FAILED: see above" });
+        println!(
+            "  {}",
+            if self.ok() { "OK: nothing lost, nothing counted twice" } else { "FAILED: see above" }
+        );
     }
 }
 
 /// Deletes and re-creates the topics, and clears the Redis keys and the MongoDB database of
 /// this run. Offsets restart at 0 with a new topic, so the dedup bitmaps must go with it.
 pub async fn reset(options: &Options) -> anyhow::Result<()> {
-    let topics = topics(options)?;
+    let (messages, dead_letters) = topics(options)?;
+    let topics = [messages, dead_letters];
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", &options.kafka_brokers).create()?;
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     let admin_options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
     admin.delete_topics(&names, &admin_options).await.context("deleting topics — is Kafka running?")?;
     // Deletion is asynchronous: wait until the broker no longer lists the topics.
-    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &options.kafka_brokers).create()?;
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", &options.kafka_brokers).create()?;
     for _ in 0..100 {
         let metadata = consumer.fetch_metadata(None, Duration::from_secs(5))?;
         if !metadata.topics().iter().any(|t| topics.iter().any(|n| n == t.name())) {
@@ -119,7 +125,11 @@ pub async fn reset(options: &Options) -> anyhow::Result<()> {
     if !keys.is_empty() {
         let _: () = redis.del(keys).await?;
     }
-    mongo(options).await?.drop().await.context("dropping the MongoDB database — is the MongoDB-wire server running?")?;
+    mongo(options)
+        .await?
+        .drop()
+        .await
+        .context("dropping the MongoDB database — is the MongoDB-wire server running?")?;
     Ok(())
 }
 
@@ -154,12 +164,23 @@ async fn run_locust(options: &Options, args: &DemoArgs) -> anyhow::Result<()> {
     let status = tokio::process::Command::new(&args.locust)
         .arg("-f")
         .arg(&args.locustfile)
-        .args(["--headless", "--host", &format!("http://127.0.0.1:{}", functions::port(options.base_port, "ingest"))])
-        .arg("--csv")
+        .args([
+            "--headless",
+            "--host",
+            &format!("http://127.0.0.1:{}", functions::port(options.base_port, "ingest")),
+        ])
+        .arg("--json-file")
         .arg(args.out.join("locust"))
         .args(["--burst-users", &args.users.to_string(), "--burst-spawn-rate", &args.users.to_string()])
-        .args(["--burst-seconds", &args.burst_seconds.to_string(), "--gap-seconds", &args.gap_seconds.to_string()])
+        .args([
+            "--burst-seconds",
+            &args.burst_seconds.to_string(),
+            "--gap-seconds",
+            &args.gap_seconds.to_string(),
+        ])
         .args(["--bursts", &args.bursts.to_string(), "--user-rps", &args.user_rps.to_string()])
+        // Let requests in flight at the end finish, so Locust's statistics include them.
+        .args(["--stop-timeout", "10"])
         .stdin(Stdio::null())
         .status()
         .await
@@ -172,11 +193,11 @@ async fn run_locust(options: &Options, args: &DemoArgs) -> anyhow::Result<()> {
 }
 
 async fn summarise(options: &Options, args: &DemoArgs, dead_lettered: u64) -> anyhow::Result<Summary> {
-    let stats = std::fs::read_to_string(args.out.join("locust_stats.csv")).context("reading Locust's statistics")?;
-    let row = locust_row(&stats, "Aggregated")?;
-    let requests = row.number("Request Count")? as u64;
-    let rejected = row.number("Failure Count")? as u64;
-    let accepted = requests - rejected;
+    let path = args.out.join("locust.json");
+    let stats: LocustStats =
+        serde_json::from_str(&std::fs::read_to_string(&path).context("reading Locust's statistics")?)
+            .with_context(|| format!("parsing {}", path.display()))?;
+    let accepted = stats.requests - stats.failures;
 
     let mut redis = redis_connection(options).await?;
     let prefix = options.redis_prefix();
@@ -189,19 +210,22 @@ async fn summarise(options: &Options, args: &DemoArgs, dead_lettered: u64) -> an
     };
     let countries: Vec<(String, i64)> = redis.hgetall(format!("{prefix}countries")).await?;
     let climas: Vec<(String, i64)> = redis.hgetall(format!("{prefix}climas")).await?;
-    let archived =
-        mongo(options).await?.collection::<mongodb::bson::Document>("tweets").count_documents(Default::default()).await?;
+    let archived = mongo(options)
+        .await?
+        .collection::<mongodb::bson::Document>("tweets")
+        .count_documents(Default::default())
+        .await?;
 
-    let topics = topics(options)?;
-    let messages = records(&options.kafka_brokers, &topics[1])?;
-    let dead_letter_records = records(&options.kafka_brokers, &topics[0])?;
+    let (messages, dead_letters) = topics(options)?;
+    let messages = records(&options.kafka_brokers, &messages)?;
+    let dead_letter_records = records(&options.kafka_brokers, &dead_letters)?;
     if dead_letter_records != dead_lettered as i64 {
         tracing::warn!(dead_letter_records, dead_lettered, "Dead-letter topic and runner disagree");
     }
     let burst_seconds = f64::from(args.bursts * args.burst_seconds).max(1.0);
     Ok(Summary {
         accepted,
-        rejected,
+        rejected: stats.failures,
         kafka_records: messages,
         counted,
         archived,
@@ -210,27 +234,27 @@ async fn summarise(options: &Options, args: &DemoArgs, dead_lettered: u64) -> an
         double_counted: (counted - messages).max(0),
         not_archived: (accepted as i64 - archived as i64).max(0),
         tweets_per_s: accepted as f64 / burst_seconds,
-        p50_ms: row.number("50%")?,
-        p99_ms: row.number("99%")?,
+        p50_ms: stats.percentile(0.50),
+        p99_ms: stats.percentile(0.99),
         top_countries: top(countries),
         top_climas: top(climas),
     })
 }
 
-/// The run's topics, sorted: the dead-letter topic, then the topic of tweets.
-fn topics(options: &Options) -> anyhow::Result<Vec<String>> {
+/// The run's topic of tweets and its dead-letter topic, from the manifests.
+fn topics(options: &Options) -> anyhow::Result<(String, String)> {
     let sources = manifests::kafka_sources(&options.manifests)?;
-    let mut topics: Vec<String> = sources
+    let first = &sources[0];
+    let dead_letters =
+        first.delivery.dead_letter_topic.clone().context("the KafkaSources have no dead-letter sink")?;
+    if sources
         .iter()
-        .flat_map(|s| s.topics.iter().chain(&s.delivery.dead_letter_topic))
-        .map(|t| options.topic(t))
-        .collect();
-    topics.sort();
-    topics.dedup();
-    if topics.len() != 2 {
-        bail!("expected one topic and one dead-letter topic in the manifests, found {topics:?}");
+        .any(|s| s.topics != first.topics || s.delivery.dead_letter_topic.as_ref() != Some(&dead_letters))
+        || first.topics.len() != 1
+    {
+        bail!("the demo expects every KafkaSource to read one topic and share one dead-letter sink");
     }
-    Ok(topics)
+    Ok((options.topic(&first.topics[0]), options.topic(&dead_letters)))
 }
 
 /// Records in a topic (sum of high − low watermarks).
@@ -256,25 +280,50 @@ async fn mongo(options: &Options) -> anyhow::Result<mongodb::Database> {
     Ok(mongodb::Client::with_options(mongo_options)?.database(&options.mongodb_database()))
 }
 
-/// One row of Locust's `*_stats.csv`, by its `Name` column.
-struct Row(Vec<(String, String)>);
+/// Locust's final statistics (`--json-file`), all endpoints together.
+#[derive(Debug, Default)]
+struct LocustStats {
+    requests: u64,
+    failures: u64,
+    /// Response time in whole milliseconds (as Locust rounds it) → requests.
+    response_times: std::collections::BTreeMap<u64, u64>,
+}
 
-impl Row {
-    fn number(&self, column: &str) -> anyhow::Result<f64> {
-        let (_, v) = self.0.iter().find(|(k, _)| k == column).with_context(|| format!("no column {column:?}"))?;
-        if v == "N/A" {
-            return Ok(0.0);
+impl<'de> serde::Deserialize<'de> for LocustStats {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct Entry {
+            num_requests: u64,
+            num_failures: u64,
+            response_times: std::collections::BTreeMap<String, u64>,
         }
-        v.parse().with_context(|| format!("column {column:?} holds {v:?}"))
+        let mut stats = LocustStats::default();
+        for entry in Vec::<Entry>::deserialize(d)? {
+            stats.requests += entry.num_requests;
+            stats.failures += entry.num_failures;
+            for (ms, n) in entry.response_times {
+                let ms: f64 = ms.parse().map_err(serde::de::Error::custom)?;
+                *stats.response_times.entry(ms as u64).or_default() += n;
+            }
+        }
+        Ok(stats)
     }
 }
 
-fn locust_row(csv: &str, name: &str) -> anyhow::Result<Row> {
-    let split = |line: &str| line.split(',').map(|c| c.trim_matches('"').to_owned()).collect::<Vec<_>>();
-    let mut lines = csv.lines();
-    let header = split(lines.next().context("empty statistics file")?);
-    let row = lines.map(split).find(|r| r.get(1).is_some_and(|n| n == name)).with_context(|| format!("no {name} row"))?;
-    Ok(Row(header.into_iter().zip(row).collect()))
+impl LocustStats {
+    /// The smallest response time that at least `fraction` of the requests did not exceed.
+    fn percentile(&self, fraction: f64) -> f64 {
+        let total: u64 = self.response_times.values().sum();
+        let wanted = (total as f64 * fraction).ceil() as u64;
+        let mut seen = 0;
+        for (ms, n) in &self.response_times {
+            seen += n;
+            if seen >= wanted {
+                return *ms as f64;
+            }
+        }
+        0.0
+    }
 }
 
 #[cfg(test)]
@@ -283,11 +332,14 @@ mod tests {
 
     #[test]
     fn reads_locust_statistics() {
-        let csv = "Type,Name,Request Count,Failure Count,Requests/s,50%,99%\nPOST,/input,10,1,2.5,3,9\n,Aggregated,10,1,2.5,3,9\n";
-        let row = locust_row(csv, "Aggregated").unwrap();
-        assert_eq!(row.number("Request Count").unwrap(), 10.0);
-        assert_eq!(row.number("99%").unwrap(), 9.0);
-        assert!(row.number("95%").is_err());
-        assert!(locust_row(csv, "Nope").is_err());
+        let json = r#"[{"name":"/input","method":"POST","num_requests":10,"num_failures":1,
+            "response_times":{"3":5,"4.0":3,"9":1,"250":1}}]"#;
+        let stats: LocustStats = serde_json::from_str(json).unwrap();
+        assert_eq!((stats.requests, stats.failures), (10, 1));
+        assert_eq!(stats.percentile(0.5), 3.0);
+        assert_eq!(stats.percentile(0.8), 4.0);
+        assert_eq!(stats.percentile(0.9), 9.0);
+        assert_eq!(stats.percentile(0.99), 250.0);
+        assert_eq!(LocustStats::default().percentile(0.5), 0.0);
     }
 }

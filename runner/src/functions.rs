@@ -84,7 +84,12 @@ impl Functions {
         self.running.insert(name, child);
         self.wait_ready(name, started).await?;
         let took = started.elapsed();
-        tracing::info!(function = name, port = self.port(name), ready_ms = took.as_millis() as u64, "Function ready");
+        tracing::info!(
+            function = name,
+            port = self.port(name),
+            ready_ms = took.as_millis() as u64,
+            "Function ready"
+        );
         Ok(took)
     }
 
@@ -92,7 +97,10 @@ impl Functions {
         let url = format!("{}/health/readiness", self.url(name));
         loop {
             if let Some(status) = self.running.get_mut(name).and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("{name} exited with {status} before it was ready; see {}", self.log_file(name).display());
+                bail!(
+                    "{name} exited with {status} before it was ready; see {}",
+                    self.log_file(name).display()
+                );
             }
             if let Ok(r) = self.http.get(&url).timeout(Duration::from_secs(1)).send().await
                 && r.status().is_success()

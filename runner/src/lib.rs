@@ -122,8 +122,12 @@ impl Runner {
         topics.dedup();
         create_topics(&options.kafka_brokers, &topics).await?;
 
-        let mut functions =
-            Functions::new(options.bin_dir()?, options.log_dir.clone(), options.base_port, options.function_env());
+        let mut functions = Functions::new(
+            options.bin_dir()?,
+            options.log_dir.clone(),
+            options.base_port,
+            options.function_env(),
+        );
         if let Err(e) = functions.start_all().await {
             functions.stop_all().await;
             return Err(e);
@@ -175,7 +179,10 @@ impl Runner {
     }
 
     pub fn dead_lettered(&self) -> u64 {
-        self.sources.iter().map(|s| s.progress().dead_lettered.load(std::sync::atomic::Ordering::Relaxed)).sum()
+        self.sources
+            .iter()
+            .map(|s| s.progress().dead_lettered.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
     }
 
     /// Stops the sources first (they commit what was delivered), then the functions.
@@ -190,17 +197,18 @@ impl Runner {
 
 /// Creates the topics that do not exist yet.
 pub async fn create_topics(brokers: &str, topics: &[String]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create().context("creating the Kafka admin client")?;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("creating the Kafka admin client")?;
     let new: Vec<NewTopic> =
         topics.iter().map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1))).collect();
     let options = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(10)))
         .request_timeout(Some(Duration::from_secs(10)));
-    let results = admin
-        .create_topics(&new, &options)
-        .await
-        .with_context(|| format!("creating topics on Kafka at {brokers} — is it running? (`dev/stack up`)"))?;
+    let results = admin.create_topics(&new, &options).await.with_context(|| {
+        format!("creating topics on Kafka at {brokers} — is it running? (`dev/stack up`)")
+    })?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}

@@ -5,7 +5,10 @@ use clap::{Parser, Subcommand};
 use runner::{Options, Runner, demo};
 
 #[derive(Parser)]
-#[command(name = "runner", about = "Plays Knative's part on one machine: runs the functions and the KafkaSources")]
+#[command(
+    name = "runner",
+    about = "Plays Knative's part on one machine: runs the functions and the KafkaSources"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,7 +33,10 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Up => {
             let runner = Runner::start(cli.options).await?;
-            println!("Pipeline up: POST tweets to {}/input; Ctrl-C stops it.", runner.functions.url("ingest"));
+            println!(
+                "Pipeline up: POST tweets to {}/input; Ctrl-C stops it.",
+                runner.functions.url("ingest")
+            );
             common::server::shutdown_signal().await;
             runner.stop().await;
         }

@@ -165,7 +165,12 @@ fn kafka_source(r: &Resource, sink_topics: &BTreeMap<String, String>) -> anyhow:
                 Some("linear") => Backoff::Linear,
                 _ => Backoff::Exponential,
             },
-            backoff_delay: d.backoff_delay.as_deref().map(iso8601).transpose()?.unwrap_or(Duration::from_millis(200)),
+            backoff_delay: d
+                .backoff_delay
+                .as_deref()
+                .map(iso8601)
+                .transpose()?
+                .unwrap_or(Duration::from_millis(200)),
             timeout: d.timeout.as_deref().map(iso8601).transpose()?.unwrap_or(Duration::from_secs(600)),
             dead_letter_topic: match d.dead_letter_sink.and_then(|d| d.reference) {
                 None => None,
@@ -175,7 +180,9 @@ fn kafka_source(r: &Resource, sink_topics: &BTreeMap<String, String>) -> anyhow:
                         .with_context(|| format!("deadLetterSink KafkaSink {name:?} is not defined"))?
                         .clone(),
                 ),
-                Some(Reference { kind, .. }) => bail!("deadLetterSink of kind {kind} is not supported locally"),
+                Some(Reference { kind, .. }) => {
+                    bail!("deadLetterSink of kind {kind} is not supported locally")
+                }
             },
         },
     };

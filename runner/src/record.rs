@@ -5,7 +5,8 @@
 
 use chrono::{DateTime, Utc};
 use cloudevents::{
-    AttributesWriter, Event, EventBuilder, EventBuilderV10, binding::rdkafka::MessageExt, event::ExtensionValue,
+    AttributesWriter, Event, EventBuilder, EventBuilderV10, binding::rdkafka::MessageExt,
+    event::ExtensionValue,
 };
 use common::event::{KAFKA_EVENT_TYPE, OFFSET_EXTENSION, PARTITION_EXTENSION};
 use rdkafka::message::{Headers, Message};
@@ -105,7 +106,10 @@ mod tests {
             .insert(Header { key: "ce_id", value: Some("tweet-1") })
             .insert(Header { key: "ce_type", value: Some("io.github.weathertweets.tweet.v1") })
             .insert(Header { key: "ce_source", value: Some("/weather-tweets/producer") })
-            .insert(Header { key: "ce_traceparent", value: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01") })
+            .insert(Header {
+                key: "ce_traceparent",
+                value: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            })
             .insert(Header { key: "content-type", value: Some("application/json") });
         let r = record(Some(b"Chile"), br#"{"texto":"sol","pais":"Chile"}"#, headers);
         let e = to_event(&r, "weather", "counter");

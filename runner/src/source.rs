@@ -11,8 +11,8 @@ use crate::manifests::{KafkaSource, Ordering};
 use crate::record;
 use anyhow::Context;
 use base64::Engine;
-use cloudevents::{Event, binding::rdkafka::FutureRecordExt, binding::rdkafka::MessageRecord};
 use cloudevents::binding::reqwest::RequestBuilderExt;
+use cloudevents::{Event, binding::rdkafka::FutureRecordExt, binding::rdkafka::MessageRecord};
 use futures::{StreamExt, stream::FuturesOrdered};
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
@@ -97,7 +97,10 @@ impl Source {
         consumer.subscribe(&topics).context("subscribing")?;
         let progress = Arc::new(Progress::default());
         let dispatcher = Arc::new(Dispatcher {
-            client: reqwest::Client::builder().tcp_nodelay(true).build().context("creating the HTTP client")?,
+            client: reqwest::Client::builder()
+                .tcp_nodelay(true)
+                .build()
+                .context("creating the HTTP client")?,
             sink_url,
             producer,
             consumer: consumer.clone(),
@@ -127,7 +130,8 @@ impl Source {
         for topic in &self.topics {
             let metadata = self.consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
             for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-                let (low, high) = self.consumer.fetch_watermarks(topic, partition.id(), Duration::from_secs(5))?;
+                let (low, high) =
+                    self.consumer.fetch_watermarks(topic, partition.id(), Duration::from_secs(5))?;
                 let done = next.get(&(topic.clone(), partition.id())).copied().unwrap_or(low);
                 lag += (high - done).max(0);
             }
@@ -153,7 +157,8 @@ impl Source {
 impl Dispatcher {
     /// Reads records and hands each to its partition's worker, which keeps the partition's order.
     async fn poll(self: Arc<Self>) {
-        let mut workers: HashMap<(String, i32), (mpsc::Sender<OwnedMessage>, JoinHandle<()>)> = HashMap::new();
+        let mut workers: HashMap<(String, i32), (mpsc::Sender<OwnedMessage>, JoinHandle<()>)> =
+            HashMap::new();
         let mut shutdown = self.shutdown.clone();
         loop {
             let message = tokio::select! {
@@ -303,7 +308,9 @@ impl Dispatcher {
                     self.progress.dead_lettered.fetch_add(1, Relaxed);
                     return Some(());
                 }
-                Err((e, _)) => tracing::error!(%topic, error = %e, "Writing the dead letter failed, retrying"),
+                Err((e, _)) => {
+                    tracing::error!(%topic, error = %e, "Writing the dead letter failed, retrying")
+                }
             }
             if !self.wait(Duration::from_secs(1)).await {
                 return None;

@@ -3,8 +3,8 @@
 
 use crate::tweet::{Tweet, TweetError};
 use chrono::{DateTime, Utc};
-use cloudevents::{AttributesReader, Data, Event, EventBuilder, EventBuilderV10};
 use cloudevents::event::ExtensionValue;
+use cloudevents::{AttributesReader, Data, Event, EventBuilder, EventBuilderV10};
 
 /// The `type` of our tweet events.
 pub const TWEET_TYPE: &str = "io.github.weathertweets.tweet.v1";
@@ -74,10 +74,8 @@ impl Received {
         let offset = extension_int(event, OFFSET_EXTENSION)?;
         let position = match (partition, offset) {
             (Some(p), Some(o)) => Some(Position {
-                partition: i32::try_from(p).map_err(|_| EventError::Extension {
-                    name: PARTITION_EXTENSION,
-                    value: p.to_string(),
-                })?,
+                partition: i32::try_from(p)
+                    .map_err(|_| EventError::Extension { name: PARTITION_EXTENSION, value: p.to_string() })?,
                 offset: o,
             }),
             _ => None,
@@ -160,7 +158,8 @@ mod tests {
         assert!(matches!(Received::from_event(&no_data), Err(EventError::NoData)));
         let bad_tweet = base().data("application/json", serde_json::json!({"texto": 1})).build().unwrap();
         assert!(matches!(Received::from_event(&bad_tweet), Err(EventError::Tweet(_))));
-        let bad_ext = base().extension(OFFSET_EXTENSION, "-3").extension(PARTITION_EXTENSION, "0").build().unwrap();
+        let bad_ext =
+            base().extension(OFFSET_EXTENSION, "-3").extension(PARTITION_EXTENSION, "0").build().unwrap();
         assert!(matches!(Received::from_event(&bad_ext), Err(EventError::Extension { .. })));
     }
 }

@@ -57,7 +57,7 @@ pub async fn serve(
 
 /// Binds `127.0.0.1`/`0.0.0.0` `PORT` with a clear error instead of a panic.
 pub async fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
-    TcpListener::bind((host, port)).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen on {host}:{port}: {e}"))
-    })
+    TcpListener::bind((host, port))
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {host}:{port}: {e}")))
 }

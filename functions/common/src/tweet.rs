@@ -87,21 +87,37 @@ impl Clima {
     fn keywords(self) -> &'static [&'static str] {
         match self {
             Clima::Tormenta => &[
-                "tormenta", "tormentas", "tormentoso", "trueno", "truenos", "rayo", "rayos",
-                "relámpago", "relámpagos", "huracán", "granizo", "tempestad",
+                "tormenta",
+                "tormentas",
+                "tormentoso",
+                "trueno",
+                "truenos",
+                "rayo",
+                "rayos",
+                "relámpago",
+                "relámpagos",
+                "huracán",
+                "granizo",
+                "tempestad",
             ],
             Clima::Nevado => &["nieve", "nieva", "nevado", "nevada", "nevando", "helada", "nevadas"],
             Clima::Lluvioso => &[
-                "lluvia", "lluvias", "llueve", "lloviendo", "lluvioso", "llovizna", "aguacero",
-                "chubasco", "chubascos",
+                "lluvia",
+                "lluvias",
+                "llueve",
+                "lloviendo",
+                "lluvioso",
+                "llovizna",
+                "aguacero",
+                "chubasco",
+                "chubascos",
             ],
             Clima::Niebla => &["niebla", "neblina", "bruma", "brumoso"],
             Clima::Ventoso => &["viento", "vientos", "ventoso", "ráfaga", "ráfagas", "vendaval"],
             Clima::Nublado => &["nublado", "nubes", "nube", "nubosidad", "encapotado", "gris"],
-            Clima::Soleado => &[
-                "sol", "soleado", "soleada", "despejado", "despejada", "calor", "caluroso",
-                "calurosa",
-            ],
+            Clima::Soleado => {
+                &["sol", "soleado", "soleada", "despejado", "despejada", "calor", "caluroso", "calurosa"]
+            }
             Clima::Desconocido => &[],
         }
     }
@@ -167,7 +183,11 @@ impl Tweet {
                     let known: Vec<_> = Clima::ALL.iter().map(|c| c.as_str()).collect();
                     TweetError::field(
                         "clima",
-                        format!("unknown weather condition {:?}; expected one of {}", truncate(s), known.join(", ")),
+                        format!(
+                            "unknown weather condition {:?}; expected one of {}",
+                            truncate(s),
+                            known.join(", ")
+                        ),
                     )
                 })?
             }
@@ -177,8 +197,7 @@ impl Tweet {
 }
 
 fn string<'a>(v: &'a Value, field: &'static str) -> Result<&'a str, TweetError> {
-    v.as_str()
-        .ok_or_else(|| TweetError::field(field, format!("expected a string, got {}", kind(v))))
+    v.as_str().ok_or_else(|| TweetError::field(field, format!("expected a string, got {}", kind(v))))
 }
 
 fn kind(v: &Value) -> &'static str {

@@ -93,12 +93,7 @@ impl Counts {
         let mut invocation = self.script.prepare_invoke();
         match event.position {
             Some(pos) => invocation
-                .key(format!(
-                    "{p}seen:{}:{}:{}",
-                    self.topic,
-                    pos.partition,
-                    pos.offset / BLOCK_BITS
-                ))
+                .key(format!("{p}seen:{}:{}:{}", self.topic, pos.partition, pos.offset / BLOCK_BITS))
                 .arg("bit")
                 .arg(pos.offset % BLOCK_BITS),
             None => invocation.key(format!("{p}seen-id:{}", event.id)).arg("id").arg(0),

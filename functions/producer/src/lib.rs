@@ -97,7 +97,8 @@ impl Publisher {
 #[tonic::async_trait]
 impl Producer for Publisher {
     async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {
-        let tweet = request.into_inner().tweet.ok_or_else(|| Status::invalid_argument("tweet is required"))?;
+        let tweet =
+            request.into_inner().tweet.ok_or_else(|| Status::invalid_argument("tweet is required"))?;
         // Callers other than ingest are possible, so the contract is checked again here; an
         // empty `clima` means "not given" (proto3 has no absent strings).
         let clima = (!tweet.clima.is_empty()).then_some(tweet.clima);
@@ -113,7 +114,9 @@ impl Producer for Publisher {
 
 /// gRPC `weather.v1.Producer` plus the health probes, on one router.
 pub fn router(publisher: Publisher) -> axum::Router {
-    tonic::service::Routes::new(ProducerServer::new(publisher)).into_axum_router().merge(common::server::health())
+    tonic::service::Routes::new(ProducerServer::new(publisher))
+        .into_axum_router()
+        .merge(common::server::health())
 }
 
 pub async fn run(

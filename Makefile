@@ -1,0 +1,45 @@
+# The entry point for every task. `make demo` and `make test` are the README's two commands.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+VENV := .stack/venv
+LOCUST := $(VENV)/bin/locust
+CARGO ?= cargo
+
+.PHONY: demo test check bench stack-up stack-down stack-status
+
+## demo: start the stack, build, run the pipeline under a Locust burst and print the summary
+demo: $(LOCUST)
+	dev/stack up
+	$(CARGO) build --release --workspace --bins
+	target/release/runner demo
+
+## test: install and start what the tests need, run every check, stop what was started
+test: $(LOCUST)
+	dev/stack run -- $(MAKE) --no-print-directory check
+
+## check: formatting, lints and every test (expects the stack to be up)
+check:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace
+	$(VENV)/bin/python -m pytest -q loadtest
+
+## bench: raw Kafka producer rate, ingest→Kafka and end-to-end figures (target/bench/bench.json)
+bench:
+	dev/stack up
+	$(CARGO) build --release --workspace --bins
+	target/release/bench
+
+stack-up:
+	dev/stack up
+stack-down:
+	dev/stack down
+stack-status:
+	dev/stack status
+
+$(LOCUST): loadtest/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r loadtest/requirements.txt
+	touch $@
