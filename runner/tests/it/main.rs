@@ -1,0 +1,273 @@
+//! End-to-end tests through the local runner on the real stack (Kafka, Redis, FerretDB): tweets
+//! posted to ingest must be counted and archived exactly once, whatever happens on the way.
+//! Each test isolates itself with its own run id (topics, consumer groups, key prefix,
+//! database) and its own ports; the function binaries come from `cargo build --workspace`.
+
+use futures::{StreamExt, stream};
+use nix::{sys::signal, unistd::Pid};
+use rdkafka::{
+    ClientConfig, Message,
+    consumer::{BaseConsumer, Consumer},
+    message::Headers,
+    producer::{FutureProducer, FutureRecord},
+    util::Timeout,
+};
+use redis::AsyncCommands;
+use runner::{Options, Runner};
+use std::{collections::BTreeMap, net::TcpListener, path::PathBuf, time::Duration};
+
+const COUNTRIES: [&str; 5] = ["Guatemala", "México", "El Salvador", "Perú", "Chile"];
+const CLIMAS: [&str; 4] = ["soleado", "lluvioso", "nublado", "tormenta"];
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// Four consecutive free loopback ports.
+fn free_ports() -> u16 {
+    for _ in 0..100 {
+        let base = 20_000 + (uuid::Uuid::new_v4().as_u128() % 40_000) as u16;
+        if (0..4).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no four consecutive free ports on 127.0.0.1");
+}
+
+fn options() -> Options {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_runner")).parent().unwrap().to_path_buf();
+    let run_id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    Options {
+        manifests: root.join("knative/base"),
+        bin_dir: Some(bin_dir),
+        log_dir: root.join("target/runner-tests").join(&run_id),
+        base_port: free_ports(),
+        kafka_brokers: env_or("KAFKA_BROKERS", "127.0.0.1:9092"),
+        redis_url: env_or("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        mongodb_uri: env_or("MONGODB_URI", "mongodb://127.0.0.1:27017"),
+        run_id: Some(run_id),
+        deliveries: 1,
+    }
+}
+
+/// The `i`-th tweet of a test: countries and conditions in a fixed rotation.
+fn tweet(i: usize) -> serde_json::Value {
+    let (pais, clima) = (COUNTRIES[i % COUNTRIES.len()], CLIMAS[i % CLIMAS.len()]);
+    serde_json::json!({ "texto": format!("Reporte número {i}"), "pais": pais, "clima": clima })
+}
+
+/// Posts tweets `range` to ingest, 16 at a time; every one must be accepted.
+async fn post(runner: &Runner, range: std::ops::Range<usize>) {
+    let client = reqwest::Client::new();
+    let url = format!("{}/input", runner.functions.url("ingest"));
+    let statuses: Vec<_> = stream::iter(range)
+        .map(|i| {
+            let request = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(tweet(i).to_string())
+                .timeout(Duration::from_secs(20));
+            async move { (i, request.send().await.map(|r| r.status().as_u16())) }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for (i, status) in statuses {
+        assert_eq!(status.as_ref().ok(), Some(&202), "tweet {i}: {status:?}");
+    }
+}
+
+/// The counts `n` tweets must leave, per country, condition and pair.
+fn expected(n: usize) -> (BTreeMap<String, i64>, BTreeMap<String, i64>, BTreeMap<String, i64>) {
+    let (mut countries, mut climas, mut pairs) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    for i in 0..n {
+        let (pais, clima) = (COUNTRIES[i % COUNTRIES.len()], CLIMAS[i % CLIMAS.len()]);
+        *countries.entry(pais.to_owned()).or_default() += 1;
+        *climas.entry(clima.to_owned()).or_default() += 1;
+        *pairs.entry(format!("{pais}/{clima}")).or_default() += 1;
+    }
+    (countries, climas, pairs)
+}
+
+/// Waits for delivery, then checks Redis and MongoDB hold exactly `n` tweets.
+async fn assert_exact(runner: &Runner, n: usize) {
+    runner.drain(Duration::from_secs(90)).await.expect("every record delivered");
+    let options = &runner.options;
+    let mut redis = redis::Client::open(options.redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis is down — start it with `dev/stack up`");
+    let prefix = options.redis_prefix();
+    let total: i64 = redis.get(format!("{prefix}total")).await.unwrap();
+    let countries: BTreeMap<String, i64> = redis.hgetall(format!("{prefix}countries")).await.unwrap();
+    let climas: BTreeMap<String, i64> = redis.hgetall(format!("{prefix}climas")).await.unwrap();
+    let pairs: BTreeMap<String, i64> = redis.hgetall(format!("{prefix}country-clima")).await.unwrap();
+    assert_eq!(total, n as i64, "total");
+    assert_eq!((countries, climas, pairs), expected(n));
+
+    let db = mongodb::Client::with_uri_str(&options.mongodb_uri)
+        .await
+        .unwrap()
+        .database(&options.mongodb_database());
+    let tweets = db.collection::<mongodb::bson::Document>("tweets");
+    assert_eq!(tweets.count_documents(Default::default()).await.unwrap(), n as u64, "archived");
+}
+
+/// Removes what a test left in Redis and MongoDB (topics stay; they are small and unique).
+async fn clean(options: &Options) {
+    let mut redis = redis::Client::open(options.redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis.keys(format!("{}*", options.redis_prefix())).await.unwrap();
+    if !keys.is_empty() {
+        let _: () = redis.del(keys).await.unwrap();
+    }
+    let client = mongodb::Client::with_uri_str(&options.mongodb_uri).await.unwrap();
+    client.database(&options.mongodb_database()).drop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tweets_are_counted_and_archived_exactly_once() {
+    let runner = Runner::start(options()).await.expect("runner starts");
+    post(&runner, 0..200).await;
+    assert_exact(&runner, 200).await;
+    clean(&runner.options).await;
+    runner.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_event_delivered_twice_still_counts_once() {
+    let runner = Runner::start(Options { deliveries: 2, ..options() }).await.expect("runner starts");
+    post(&runner, 0..150).await;
+    assert_exact(&runner, 150).await;
+    clean(&runner.options).await;
+    runner.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn counter_killed_mid_burst_loses_and_doubles_nothing() {
+    let mut runner = Runner::start(options()).await.expect("runner starts");
+    post(&runner, 0..100).await;
+    runner.functions.kill("counter").await.unwrap();
+    post(&runner, 100..200).await;
+    runner.functions.start("counter").await.expect("counter restarts");
+    post(&runner, 200..300).await;
+    assert_exact(&runner, 300).await;
+    clean(&runner.options).await;
+    runner.stop().await;
+}
+
+/// A Redis of the test's own (so stopping it disturbs no other test), persisting every write.
+struct OwnRedis {
+    port: u16,
+    dir: PathBuf,
+    process: tokio::process::Child,
+}
+
+impl OwnRedis {
+    async fn start(port: u16, dir: PathBuf) -> OwnRedis {
+        std::fs::create_dir_all(&dir).unwrap();
+        let process = tokio::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server is installed (`dev/stack install`)");
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while client.get_multiplexed_async_connection().await.is_err() {
+            assert!(std::time::Instant::now() < deadline, "the test's redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        OwnRedis { port, dir, process }
+    }
+
+    /// SIGTERM: Redis writes its append-only file and exits.
+    async fn stop(mut self) -> (u16, PathBuf) {
+        signal::kill(Pid::from_raw(self.process.id().unwrap() as i32), signal::Signal::SIGTERM).unwrap();
+        self.process.wait().await.unwrap();
+        (self.port, self.dir)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_stopped_mid_burst_is_retried_not_lost() {
+    let dir = std::env::temp_dir().join(format!("redis-{}", uuid::Uuid::new_v4()));
+    let redis = OwnRedis::start(free_ports(), dir).await;
+    let redis_url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let runner = Runner::start(Options { redis_url, ..options() }).await.expect("runner starts");
+    post(&runner, 0..100).await;
+    let (port, dir) = redis.stop().await;
+    post(&runner, 100..200).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let redis = OwnRedis::start(port, dir).await;
+    post(&runner, 200..250).await;
+    assert_exact(&runner, 250).await;
+    let log = std::fs::read_to_string(runner.functions.log_file("counter")).unwrap();
+    assert!(log.contains("Redis update failed"), "counter never saw Redis down, so nothing was retried");
+    runner.stop().await;
+    let (_, dir) = redis.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_garbage_record_is_dead_lettered_and_the_pipeline_keeps_flowing() {
+    let runner = Runner::start(options()).await.expect("runner starts");
+    let options = runner.options.clone();
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", &options.kafka_brokers).create().unwrap();
+    let topic = options.topic("messages");
+    producer
+        .send(
+            FutureRecord::to(&topic).key("Chile").payload(&b"\xff not a tweet"[..]),
+            Timeout::After(Duration::from_secs(10)),
+        )
+        .await
+        .expect("Kafka is down — start it with `dev/stack up`");
+    post(&runner, 0..50).await;
+    assert_exact(&runner, 50).await;
+    assert_eq!(runner.dead_lettered(), 2, "one dead letter per KafkaSource");
+
+    let dlq = options.topic("messages-dlq");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &options.kafka_brokers)
+        .set("group.id", format!("{dlq}-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&dlq]).unwrap();
+    let mut letters = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while letters.len() < 2 && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let headers: BTreeMap<String, String> = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            letters.push((headers, m.payload().map(<[u8]>::to_vec)));
+        }
+    }
+    assert_eq!(letters.len(), 2, "two dead letters");
+    for (headers, payload) in letters {
+        assert_eq!(headers.get("ce_type").map(String::as_str), Some("dev.knative.kafka.event"));
+        assert_eq!(headers.get("ce_knativeerrorcode").map(String::as_str), Some("400"));
+        assert!(headers.get("ce_knativeerrordest").is_some_and(|d| d.starts_with("http://127.0.0.1:")));
+        assert_eq!(headers.get("ce_key").map(String::as_str), Some("Chile"));
+        assert_eq!(payload.as_deref(), Some(&b"\xff not a tweet"[..]), "the record is kept as it was");
+    }
+    clean(&options).await;
+    runner.stop().await;
+}
