@@ -30,7 +30,7 @@ check:
 bench:
 	dev/stack up
 	$(CARGO) build --release --workspace --bins
-	target/release/bench
+	target/release/runner bench
 
 stack-up:
 	dev/stack up

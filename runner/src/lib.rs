@@ -1,8 +1,10 @@
 //! The local runner plays Knative's part on one machine: it runs the four functions as child
 //! processes ([`functions`]) and, for every KafkaSource in the `knative/` manifests
 //! ([`manifests`]), delivers the topic's records to the sink as KafkaSource does ([`source`],
-//! [`record`]). [`demo`] is the README's first command: a Locust burst and its summary.
+//! [`record`]). [`demo`] is the README's first command: a Locust burst and its summary;
+//! [`bench`] measures the performance targets.
 
+pub mod bench;
 pub mod demo;
 pub mod functions;
 pub mod manifests;
@@ -59,6 +61,9 @@ pub struct Options {
     /// sinks' effect stays exactly once.
     #[arg(long, env = "RUNNER_DELIVERIES", default_value_t = 1)]
     pub deliveries: u32,
+    /// Run the functions only, without the KafkaSources.
+    #[arg(long)]
+    pub no_sources: bool,
 }
 
 impl Options {
@@ -141,7 +146,7 @@ impl Runner {
             .context("creating the dead-letter producer")?;
         let (shutdown, stop) = watch::channel(false);
         let mut running = Vec::new();
-        for mut source in sources {
+        for mut source in sources.into_iter().filter(|_| !options.no_sources) {
             source.topics = source.topics.iter().map(|t| options.topic(t)).collect();
             source.consumer_group = options.topic(&source.consumer_group);
             source.delivery.dead_letter_topic = source.delivery.dead_letter_topic.map(|t| options.topic(&t));

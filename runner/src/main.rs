@@ -1,8 +1,8 @@
-//! `runner`: `up` runs the pipeline until Ctrl-C, `demo` is the README's first command, `reset`
-//! empties the local topics, counters and archive.
+//! `runner`: `up` runs the pipeline until Ctrl-C, `demo` is the README's first command, `bench`
+//! measures, `reset` empties the local topics, counters and archive.
 
 use clap::{Parser, Subcommand};
-use runner::{Options, Runner, demo};
+use runner::{Options, Runner, bench, demo};
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +22,8 @@ enum Command {
     Up,
     /// Reset, run a Locust burst through the pipeline and print the summary.
     Demo(demo::DemoArgs),
+    /// Measure the raw Kafka producer, ingest → Kafka and the whole pipeline (`make bench`).
+    Bench(bench::BenchArgs),
     /// Delete and re-create the topics, clear the counters and drop the archive.
     Reset,
 }
@@ -44,6 +46,9 @@ async fn main() -> anyhow::Result<()> {
             if !demo::run(cli.options, args).await?.ok() {
                 std::process::exit(1);
             }
+        }
+        Command::Bench(args) => {
+            bench::run(cli.options, args).await?;
         }
         Command::Reset => demo::reset(&cli.options).await?,
     }

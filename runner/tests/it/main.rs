@@ -48,6 +48,7 @@ fn options() -> Options {
         mongodb_uri: env_or("MONGODB_URI", "mongodb://127.0.0.1:27017"),
         run_id: Some(run_id),
         deliveries: 1,
+        no_sources: false,
     }
 }
 

@@ -1,0 +1,514 @@
+//! `make bench`: the figures of the design's performance targets, measured in one run on this
+//! machine, each against a baseline from the same run.
+//!
+//! 1. Baseline: the raw rdkafka producer rate — tweet events written straight to Kafka with the
+//!    producer's own settings (idempotent, acks=all, linger 5 ms).
+//! 2. ingest → Kafka: tweets/s accepted (202) by ingest with producer behind it, the
+//!    KafkaSources not running; and its ratio to the baseline.
+//! 3. End to end: the whole pipeline under the same load; tweets/s from the first acceptance to
+//!    the moment Redis counted the last tweet, and the accepted → counted latency. Counter keeps
+//!    no per-tweet time, so that latency pairs the k-th acceptance with the moment the Redis total
+//!    reached k (sampled every 2 ms); the exact per-tweet accepted → archived latency comes from
+//!    the archive's `archived_at`.
+//! 4. CPU-µs per tweet of every process (functions, runner, Kafka, Redis, FerretDB, the load
+//!    generator), from /proc during the end-to-end phase.
+//!
+//! The runner runs as a child process (`runner up`), so its CPU time is its own.
+
+use crate::{Options, create_topics, functions};
+use anyhow::{Context, bail};
+use cloudevents::binding::rdkafka::{FutureRecordExt, MessageRecord};
+use common::tweet::{Clima, Tweet};
+use futures::{StreamExt, stream::FuturesUnordered};
+use rdkafka::{
+    ClientConfig,
+    producer::{FutureProducer, FutureRecord},
+    util::Timeout,
+};
+use redis::AsyncCommands;
+use serde::Serialize;
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Tweets per phase.
+    #[arg(long, default_value_t = 20_000)]
+    pub tweets: usize,
+    /// Concurrent HTTP connections of the load generator.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Upper bound of each phase, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub phase_timeout_s: u64,
+    /// Where bench.json goes.
+    #[arg(long, default_value = "target/bench")]
+    pub out: PathBuf,
+    /// The stack's folder, for the pids of Kafka, Redis and FerretDB.
+    #[arg(long, env = "STACK_DIR", default_value = ".stack")]
+    pub stack_dir: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub machine: String,
+    pub tweets_per_phase: usize,
+    pub connections: usize,
+    pub raw_producer_per_s: f64,
+    pub ingest_to_kafka_per_s: f64,
+    pub ingest_ratio_to_raw: f64,
+    pub ingest_p50_ms: f64,
+    pub ingest_p99_ms: f64,
+    pub end_to_end_per_s: f64,
+    pub end_to_end_p50_ms: f64,
+    pub end_to_end_p99_ms: f64,
+    pub archived_p50_ms: f64,
+    pub archived_p99_ms: f64,
+    pub lost: i64,
+    pub double_counted: i64,
+    /// Process → CPU microseconds per tweet during the end-to-end phase.
+    pub cpu_us_per_tweet: BTreeMap<String, f64>,
+}
+
+pub async fn run(options: Options, args: BenchArgs) -> anyhow::Result<Report> {
+    std::fs::create_dir_all(&args.out)?;
+    let machine = machine();
+    println!("Benchmark on {machine}; {} tweets per phase, {} connections", args.tweets, args.connections);
+
+    println!("[1/3] raw rdkafka producer (baseline)…");
+    let raw = raw_producer(&options, &args).await?;
+    println!("      {raw:.0} records/s");
+
+    println!("[2/3] ingest → producer → Kafka, sources off…");
+    let run_id = format!("bench-ingest-{}", std::process::id());
+    let ingest_only = RunnerProcess::start(&options, &run_id, false).await?;
+    let load = load(&ingest_only.ingest_url, &args).await;
+    ingest_only.stop().await;
+    let load = load?;
+    let ingest_rate = load.accepted.len() as f64 / load.elapsed.as_secs_f64();
+    println!(
+        "      {ingest_rate:.0} tweets/s ({:.0} % of raw), p50 {:.1} ms, p99 {:.1} ms",
+        100.0 * ingest_rate / raw,
+        load.p(0.5),
+        load.p(0.99)
+    );
+
+    println!("[3/3] end to end: ingest → Kafka → counter (Redis) + archiver (MongoDB)…");
+    let run_id = format!("bench-e2e-{}", std::process::id());
+    let pipeline = RunnerProcess::start(&options, &run_id, true).await?;
+    let e2e = end_to_end(&pipeline, &args).await;
+    pipeline.stop().await;
+    let e2e = e2e?;
+    println!(
+        "      {:.0} tweets/s accepted → counted, p50 {:.1} ms, p99 {:.1} ms; archived p50 {:.1} ms, p99 {:.1} ms",
+        e2e.rate, e2e.p50, e2e.p99, e2e.archived_p50, e2e.archived_p99
+    );
+    println!("      lost {}, double-counted {}", e2e.lost, e2e.double_counted);
+    println!("      CPU-µs per tweet:");
+    for (process, us) in &e2e.cpu {
+        println!("        {process:<10} {us:>8.1}");
+    }
+
+    let report = Report {
+        machine,
+        tweets_per_phase: args.tweets,
+        connections: args.connections,
+        raw_producer_per_s: raw,
+        ingest_to_kafka_per_s: ingest_rate,
+        ingest_ratio_to_raw: ingest_rate / raw,
+        ingest_p50_ms: load.p(0.5),
+        ingest_p99_ms: load.p(0.99),
+        end_to_end_per_s: e2e.rate,
+        end_to_end_p50_ms: e2e.p50,
+        end_to_end_p99_ms: e2e.p99,
+        archived_p50_ms: e2e.archived_p50,
+        archived_p99_ms: e2e.archived_p99,
+        lost: e2e.lost,
+        double_counted: e2e.double_counted,
+        cpu_us_per_tweet: e2e.cpu,
+    };
+    let path = args.out.join("bench.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    println!("Figures written to {}", path.display());
+    Ok(report)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("{cores} × {cpu}")
+}
+
+fn sample_tweet(i: usize) -> Tweet {
+    const COUNTRIES: [&str; 8] =
+        ["Guatemala", "México", "El Salvador", "Honduras", "Perú", "Chile", "Colombia", "España"];
+    Tweet {
+        texto: format!("Reporte {i}: cielo cambiante con viento moderado durante la tarde"),
+        pais: COUNTRIES[i % COUNTRIES.len()].to_owned(),
+        clima: Clima::ALL[i % 7],
+    }
+}
+
+async fn raw_producer(options: &Options, args: &BenchArgs) -> anyhow::Result<f64> {
+    let topic = format!("bench-raw-{}", std::process::id());
+    create_topics(&options.kafka_brokers, std::slice::from_ref(&topic)).await?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &options.kafka_brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .create()?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.phase_timeout_s);
+    let mut in_flight = FuturesUnordered::new();
+    let mut done = 0;
+    for i in 0..args.tweets {
+        let tweet = sample_tweet(i);
+        let event = common::event::tweet_event(&uuid::Uuid::now_v7().to_string(), "/bench", &tweet);
+        let record = MessageRecord::from_event(event)?;
+        let producer = producer.clone();
+        let topic = topic.clone();
+        in_flight.push(async move {
+            let r = FutureRecord::to(&topic).key(tweet.pais.as_bytes()).message_record(&record);
+            producer.send(r, Timeout::After(Duration::from_secs(10))).await.map(|_| ()).map_err(|(e, _)| e)
+        });
+        // Keep as many records in flight as the load generator keeps requests (times 16, since
+        // a raw producer is not limited by request round trips).
+        while in_flight.len() >= args.connections * 16 {
+            in_flight.next().await.context("in flight")??;
+            done += 1;
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+    }
+    while let Some(r) = in_flight.next().await {
+        r?;
+        done += 1;
+    }
+    Ok(done as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The runner as a child process (`runner up`), isolated by a run id.
+struct RunnerProcess {
+    child: tokio::process::Child,
+    ingest_url: String,
+    options: Options,
+}
+
+impl RunnerProcess {
+    async fn start(options: &Options, run_id: &str, sources: bool) -> anyhow::Result<RunnerProcess> {
+        let options = Options { run_id: Some(run_id.to_owned()), ..options.clone() };
+        let mut command = tokio::process::Command::new(std::env::current_exe()?);
+        command
+            .arg("--run-id")
+            .arg(run_id)
+            .arg("--base-port")
+            .arg(options.base_port.to_string())
+            .arg("--manifests")
+            .arg(&options.manifests)
+            .arg("--log-dir")
+            .arg(options.log_dir.join(run_id))
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true);
+        if !sources {
+            command.arg("--no-sources");
+        }
+        let child = command.arg("up").stdout(std::process::Stdio::null()).spawn()?;
+        let ingest_url = format!("http://127.0.0.1:{}", functions::port(options.base_port, "ingest"));
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if client
+                .get(format!("{ingest_url}/health/readiness"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the runner did not start within 30 s; see {}", options.log_dir.join(run_id).display());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Readiness of ingest comes before the sources subscribe; give them their partitions.
+        tokio::time::sleep(Duration::from_secs(if sources { 3 } else { 0 })).await;
+        Ok(RunnerProcess { child, ingest_url, options })
+    }
+
+    fn pids(&self) -> BTreeMap<String, u32> {
+        let mut pids = BTreeMap::new();
+        if let Some(pid) = self.child.id() {
+            pids.insert("runner".to_owned(), pid);
+            let children =
+                std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+                if let Ok(name) = std::fs::read_to_string(format!("/proc/{child}/comm")) {
+                    pids.insert(name.trim().to_owned(), child);
+                }
+            }
+        }
+        pids
+    }
+
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        if tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+struct Load {
+    /// (when ingest answered 202, relative to the start; how long the request took)
+    accepted: Vec<(Duration, Duration)>,
+    ids: Vec<(String, Duration)>,
+    elapsed: Duration,
+    started: Instant,
+}
+
+impl Load {
+    fn p(&self, q: f64) -> f64 {
+        let mut latencies: Vec<f64> = self.accepted.iter().map(|(_, l)| l.as_secs_f64() * 1e3).collect();
+        percentile(&mut latencies, q)
+    }
+}
+
+fn percentile(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
+}
+
+/// Closed-loop HTTP load: `connections` workers post tweets until `tweets` are sent or the
+/// phase times out. Every answer must be 202.
+async fn load(ingest_url: &str, args: &BenchArgs) -> anyhow::Result<Load> {
+    let client =
+        reqwest::Client::builder().pool_max_idle_per_host(args.connections).tcp_nodelay(true).build()?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.phase_timeout_s);
+    let url = format!("{ingest_url}/input");
+    let workers: Vec<_> = (0..args.connections)
+        .map(|_| {
+            let (client, next, url, total) = (client.clone(), next.clone(), url.clone(), args.tweets);
+            tokio::spawn(async move {
+                let mut accepted = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total || Instant::now() > deadline {
+                        return Ok::<_, anyhow::Error>(accepted);
+                    }
+                    let body = serde_json::to_vec(&sample_tweet(i))?;
+                    let sent = Instant::now();
+                    let response = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await?;
+                    let status = response.status();
+                    let reply: serde_json::Value = serde_json::from_slice(&response.bytes().await?)?;
+                    if status != 202 {
+                        bail!("ingest answered {status}: {reply}");
+                    }
+                    let id = reply["id"].as_str().context("202 without an id")?.to_owned();
+                    let latency = sent.elapsed();
+                    accepted.push((id, latency, sent.duration_since(started) + latency));
+                }
+            })
+        })
+        .collect();
+    let mut load = Load { accepted: Vec::new(), ids: Vec::new(), elapsed: Duration::ZERO, started };
+    for worker in workers {
+        for (id, latency, at) in worker.await?? {
+            load.accepted.push((at, latency));
+            load.ids.push((id, at));
+        }
+    }
+    load.elapsed = started.elapsed();
+    Ok(load)
+}
+
+struct EndToEnd {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    archived_p50: f64,
+    archived_p99: f64,
+    lost: i64,
+    double_counted: i64,
+    cpu: BTreeMap<String, f64>,
+}
+
+async fn end_to_end(pipeline: &RunnerProcess, args: &BenchArgs) -> anyhow::Result<EndToEnd> {
+    let options = &pipeline.options;
+    let mut pids = pipeline.pids();
+    for service in ["kafka", "redis", "ferretdb"] {
+        if let Some(pid) = std::fs::read_to_string(args.stack_dir.join("run").join(format!("{service}.pid")))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+        {
+            pids.insert(service.to_owned(), pid);
+        }
+    }
+    pids.insert("load".to_owned(), std::process::id());
+    let cpu_before = cpu_times(&pids);
+
+    // Sample the Redis total while the load runs, to time when each count was reached.
+    let redis = redis::Client::open(options.redis_url.as_str())?;
+    let mut connection = redis.get_multiplexed_async_connection().await?;
+    let total_key = format!("{}total", options.redis_prefix());
+    let wall = Instant::now();
+    let sampler = {
+        let mut connection = connection.clone();
+        let (total_key, expected, timeout) =
+            (total_key.clone(), args.tweets as i64, args.phase_timeout_s * 2);
+        tokio::spawn(async move {
+            let mut samples: Vec<(Duration, i64)> = Vec::new();
+            loop {
+                let total: Option<i64> = connection.get(&total_key).await?;
+                let total = total.unwrap_or(0);
+                if samples.last().is_none_or(|(_, t)| *t != total) {
+                    samples.push((wall.elapsed(), total));
+                }
+                if total >= expected || wall.elapsed() > Duration::from_secs(timeout) {
+                    return Ok::<_, anyhow::Error>(samples);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let load = load(&pipeline.ingest_url, args).await?;
+    let offset = load.started.duration_since(wall);
+    let samples = sampler.await??;
+    let cpu_after = cpu_times(&pids);
+    let counted = samples.last().map_or(0, |(_, t)| *t);
+    let accepted = load.accepted.len() as i64;
+
+    // The k-th acceptance (in time order) pairs with the first sample where total ≥ k.
+    let mut accepted_at: Vec<Duration> = load.accepted.iter().map(|(at, _)| *at + offset).collect();
+    accepted_at.sort();
+    let mut latencies = Vec::new();
+    let mut s = 0;
+    for (k, at) in accepted_at.iter().enumerate() {
+        while s < samples.len() && samples[s].1 < (k + 1) as i64 {
+            s += 1;
+        }
+        if let Some((reached, _)) = samples.get(s) {
+            latencies.push(reached.saturating_sub(*at).as_secs_f64() * 1e3);
+        }
+    }
+    let last_counted = samples.last().map_or(Duration::ZERO, |(t, _)| *t);
+    let rate = counted as f64 / last_counted.saturating_sub(offset).as_secs_f64().max(1e-3);
+
+    let mut archived = archived_latencies(options, &load).await?;
+    let _: () = connection.del(&total_key).await?;
+    let cpu = cpu_after
+        .iter()
+        .map(|(name, after)| {
+            let before = cpu_before.get(name).copied().unwrap_or(0.0);
+            (name.clone(), (after - before) * 1e6 / accepted.max(1) as f64)
+        })
+        .collect();
+    Ok(EndToEnd {
+        rate,
+        p50: percentile(&mut latencies.clone(), 0.5),
+        p99: percentile(&mut latencies, 0.99),
+        archived_p50: percentile(&mut archived.clone(), 0.5),
+        archived_p99: percentile(&mut archived, 0.99),
+        lost: (accepted - counted).max(0),
+        double_counted: (counted - accepted).max(0),
+        cpu,
+    })
+}
+
+/// Per tweet: `archived_at` minus the moment ingest accepted it, in ms.
+async fn archived_latencies(options: &Options, load: &Load) -> anyhow::Result<Vec<f64>> {
+    let client = mongodb::Client::with_uri_str(&options.mongodb_uri).await?;
+    let db = client.database(&options.mongodb_database());
+    let tweets = db.collection::<mongodb::bson::Document>("tweets");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tweets.count_documents(Default::default()).await? < load.ids.len() as u64
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let accepted_at: BTreeMap<&str, Duration> = load.ids.iter().map(|(id, at)| (id.as_str(), *at)).collect();
+    let started_ms = chrono::Utc::now().timestamp_millis() - load.started.elapsed().as_millis() as i64;
+    let mut cursor = tweets.find(Default::default()).await?;
+    let mut latencies = Vec::new();
+    while let Some(doc) = cursor.next().await {
+        let doc = doc?;
+        if let (Ok(id), Ok(at)) = (doc.get_str("_id"), doc.get_datetime("archived_at"))
+            && let Some(accepted) = accepted_at.get(id)
+        {
+            latencies.push((at.timestamp_millis() - started_ms - accepted.as_millis() as i64).max(0) as f64);
+        }
+    }
+    db.drop().await?;
+    Ok(latencies)
+}
+
+/// CPU seconds (user + system) of each process, from /proc/<pid>/stat.
+fn cpu_times(pids: &BTreeMap<String, u32>) -> BTreeMap<String, f64> {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    pids.iter()
+        .filter_map(|(name, pid)| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the command name (which may hold spaces) start at ") ".
+            let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+            let (utime, stime): (f64, f64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
+            Some((name.clone(), (utime + stime) / ticks))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&mut v, 0.5), 50.0);
+        assert_eq!(percentile(&mut v, 0.99), 99.0);
+        assert_eq!(percentile(&mut [], 0.5), 0.0);
+    }
+
+    #[test]
+    fn reads_our_own_cpu_time() {
+        let pids = BTreeMap::from([("me".to_owned(), std::process::id())]);
+        let before = cpu_times(&pids)["me"];
+        let busy = Instant::now();
+        let mut x = 0u64;
+        while busy.elapsed() < Duration::from_millis(100) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        assert!(cpu_times(&pids)["me"] > before, "100 ms of work shows in /proc");
+    }
+}
