@@ -5,7 +5,8 @@
 //! - unknown fields are ignored (clients may add metadata), but `pais` and `país` together are
 //!   an error because we could not tell which one is meant;
 //! - `texto` is 1..=280 characters and `pais` 1..=56 characters, counted after trimming and
-//!   Unicode NFC; `pais` may hold no control character, `texto` only tab and newline;
+//!   Unicode NFC; `pais` may hold no control, zero-width or text-direction character, `texto`
+//!   no control character but tab and newline;
 //! - `pais` is put in one canonical case (each word capitalised, Spanish particles such as `de`
 //!   and `y` in lower case), so `guatemala`, `GUATEMALA` and ` Guatemala ` count once.
 
@@ -174,6 +175,9 @@ impl Tweet {
         };
         let pais = canonical_case(&normalise(pais));
         check_chars("pais", &pais, MAX_PAIS_CHARS, |_| false)?;
+        if let Some(c) = pais.chars().find(|c| INVISIBLE.contains(c)) {
+            return Err(TweetError::field("pais", format!("contains the invisible character {c:?}")));
+        }
 
         let clima = match map.get("clima") {
             None | Some(Value::Null) => Clima::classify(&texto),
@@ -195,6 +199,14 @@ impl Tweet {
         Ok(Tweet { texto, pais, clima })
     }
 }
+
+/// Zero-width and text-direction characters: a country name never needs them, and they would make
+/// two names look alike on a dashboard.
+const INVISIBLE: [char; 20] = [
+    '\u{200B}', '\u{200C}', '\u{200D}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}',
+    '\u{202D}', '\u{202E}', '\u{2060}', '\u{2061}', '\u{2062}', '\u{2063}', '\u{2064}', '\u{2066}',
+    '\u{2067}', '\u{2068}', '\u{2069}', '\u{FEFF}',
+];
 
 fn string<'a>(v: &'a Value, field: &'static str) -> Result<&'a str, TweetError> {
     v.as_str().ok_or_else(|| TweetError::field(field, format!("expected a string, got {}", kind(v))))
@@ -311,6 +323,8 @@ mod tests {
             (r#"{"texto":"x","pais":"Chile","clima":1}"#, Some("clima")),
             (r#"{"texto":"x","pais":"Ch\u0007ile"}"#, Some("pais")),
             (r#"{"texto":"a\u0000b","pais":"Chile"}"#, Some("texto")),
+            (r#"{"texto":"x","pais":"Chi\u202Ele"}"#, Some("pais")),
+            (r#"{"texto":"x","pais":"Chi\u200Ble"}"#, Some("pais")),
             (r#"[1,2]"#, None),
             (r#"{"texto":"x","#, None),
         ];

@@ -1,0 +1,220 @@
+//! `archiver` integration tests: CloudEvents through `router` with `oneshot`, archived in the
+//! local MongoDB-wire store (`MONGODB_URI`, default `mongodb://127.0.0.1:27017`) in a database of
+//! the test's own, dropped at the end.
+
+use archiver::{Archive, Config};
+use axum::{
+    Router,
+    body::Body,
+    http::{Request, StatusCode},
+};
+use common::event::{KAFKA_EVENT_TYPE, TWEET_TYPE};
+use futures::TryStreamExt;
+use http_body_util::BodyExt;
+use mongodb::bson::{Bson, DateTime, Document, doc};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tower::ServiceExt;
+
+fn mongodb_uri() -> String {
+    std::env::var("MONGODB_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".into())
+}
+
+fn config(uri: &str, database: &str, timeout_ms: u64) -> Config {
+    Config {
+        port: 0,
+        host: "127.0.0.1".into(),
+        mongodb_uri: uri.into(),
+        database: database.into(),
+        collection: "tweets".into(),
+        timeout_ms,
+    }
+}
+
+/// An archiver writing to a database of its own, and a client to read it back.
+struct Fixture {
+    app: Router,
+    database: mongodb::Database,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let name = format!("it_archiver_{}", uuid::Uuid::now_v7().simple());
+        let archive = Archive::new(&config(&mongodb_uri(), &name, 5_000)).await.expect("a valid URI");
+        let client = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap();
+        client
+            .database("admin")
+            .run_command(doc! {"ping": 1})
+            .await
+            .unwrap_or_else(|e| panic!("MongoDB at {} is needed and unreachable: {e}", mongodb_uri()));
+        Fixture { app: archiver::router(archive), database: client.database(&name) }
+    }
+
+    async fn documents(&self) -> Vec<Document> {
+        let cursor = self.database.collection::<Document>("tweets").find(doc! {}).await.unwrap();
+        cursor.try_collect().await.unwrap()
+    }
+
+    async fn drop_database(self) {
+        self.database.drop().await.unwrap();
+    }
+}
+
+async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Value) {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+fn binary(id: &str, ty: &str, data: &str, extra: &[(&str, &str)]) -> Request<Body> {
+    let mut builder = Request::post("/")
+        .header("ce-specversion", "1.0")
+        .header("ce-id", id)
+        .header("ce-type", ty)
+        .header("ce-source", "/it/archiver")
+        .header("content-type", "application/json");
+    for (name, value) in extra {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(Body::from(data.to_owned())).unwrap()
+}
+
+const TRACEPARENT: &str = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01";
+
+/// What a KafkaSource delivers for partition 2, offset 41: our event, with its position.
+fn delivered() -> Request<Body> {
+    binary(
+        "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+        TWEET_TYPE,
+        r#"{"texto":"Tormenta y granizo","pais":"el  SALVADOR","clima":"tormenta"}"#,
+        &[
+            ("ce-time", "2025-01-02T03:04:05.678Z"),
+            ("ce-knativekafkapartition", "2"),
+            ("ce-knativekafkaoffset", "41"),
+            ("ce-traceparent", TRACEPARENT),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn an_event_becomes_exactly_one_document_however_often_it_is_delivered() {
+    let f = Fixture::new().await;
+    assert_eq!(send(&f.app, delivered()).await, (StatusCode::OK, json!({"duplicate": false})));
+    assert_eq!(send(&f.app, delivered()).await, (StatusCode::OK, json!({"duplicate": true})));
+
+    let documents = f.documents().await;
+    assert_eq!(documents.len(), 1, "{documents:?}");
+    let mut d = documents[0].clone();
+    assert!(matches!(d.remove("archived_at"), Some(Bson::DateTime(_))), "{d:?}");
+    let time = DateTime::parse_rfc3339_str("2025-01-02T03:04:05.678Z").unwrap();
+    assert_eq!(
+        d,
+        doc! {
+            "_id": "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+            "texto": "Tormenta y granizo",
+            "pais": "El Salvador",
+            "clima": "tormenta",
+            "time": time,
+            "partition": 2_i32,
+            "offset": 41_i64,
+            "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+        }
+    );
+    f.drop_database().await;
+}
+
+#[tokio::test]
+async fn structured_and_wrapped_events_are_archived_with_what_they_carry() {
+    let f = Fixture::new().await;
+    let structured = json!({
+        "specversion": "1.0",
+        "id": "structured-1",
+        "type": TWEET_TYPE,
+        "source": "/it/archiver",
+        "data": {"texto": "Mucho sol", "pais": "chile"},
+    });
+    let request = Request::post("/")
+        .header("content-type", "application/cloudevents+json")
+        .body(Body::from(structured.to_string()))
+        .unwrap();
+    assert_eq!(send(&f.app, request).await.0, StatusCode::OK);
+    let wrapped = binary(
+        "partition:0/offset:5",
+        KAFKA_EVENT_TYPE,
+        r#"{"texto":"Viento","país":"perú"}"#,
+        &[("ce-knativekafkapartition", "0"), ("ce-knativekafkaoffset", "5"), ("ce-traceparent", "garbage")],
+    );
+    assert_eq!(send(&f.app, wrapped).await.0, StatusCode::OK);
+
+    let mut documents = f.documents().await;
+    documents.sort_by_key(|d| d.get_str("_id").unwrap().to_owned());
+    let [wrapped, structured] = &documents[..] else { panic!("{documents:?}") };
+    assert_eq!(wrapped.get_str("pais").unwrap(), "Perú");
+    assert_eq!(wrapped.get_str("clima").unwrap(), "ventoso");
+    assert_eq!((wrapped.get_i32("partition").unwrap(), wrapped.get_i64("offset").unwrap()), (0, 5));
+    assert!(!wrapped.contains_key("trace_id") && !wrapped.contains_key("time"), "{wrapped:?}");
+    assert_eq!(structured.get_str("clima").unwrap(), "soleado");
+    assert!(!structured.contains_key("partition") && !structured.contains_key("offset"), "{structured:?}");
+    f.drop_database().await;
+}
+
+#[tokio::test]
+async fn events_that_can_never_be_archived_are_400_or_413_and_write_nothing() {
+    let f = Fixture::new().await;
+    let tweet = r#"{"texto":"x","pais":"Chile"}"#;
+    let big = json!({"texto": "x", "pais": "Chile", "relleno": "x".repeat(64 * 1024)}).to_string();
+    let cases = [
+        (
+            "not a CloudEvent",
+            Request::post("/").header("content-type", "application/json").body(Body::from(tweet)).unwrap(),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("wrong type", binary("a", "com.example.other", tweet, &[]), StatusCode::BAD_REQUEST),
+        (
+            "data not a tweet",
+            binary("b", TWEET_TYPE, r#"{"texto":"","pais":"Chile"}"#, &[]),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("data not JSON", binary("c", TWEET_TYPE, "{", &[]), StatusCode::BAD_REQUEST),
+        (
+            "bad offset",
+            binary(
+                "d",
+                KAFKA_EVENT_TYPE,
+                tweet,
+                &[("ce-knativekafkapartition", "0"), ("ce-knativekafkaoffset", "1.5")],
+            ),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "bad partition",
+            binary(
+                "e",
+                KAFKA_EVENT_TYPE,
+                tweet,
+                &[("ce-knativekafkapartition", "-1"), ("ce-knativekafkaoffset", "1")],
+            ),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("id over 128 bytes", binary(&"i".repeat(129), TWEET_TYPE, tweet, &[]), StatusCode::BAD_REQUEST),
+        ("over 64 KiB", binary("f", TWEET_TYPE, &big, &[]), StatusCode::PAYLOAD_TOO_LARGE),
+    ];
+    for (case, request, expected) in cases {
+        let (status, body) = send(&f.app, request).await;
+        assert_eq!(status, expected, "{case}: {body}");
+        assert!(body["error"].is_string(), "{case}: {body}");
+    }
+    assert_eq!(f.documents().await, Vec::<Document>::new());
+    f.drop_database().await;
+}
+
+#[tokio::test]
+async fn unreachable_mongodb_is_503() {
+    let archive = Archive::new(&config("mongodb://127.0.0.1:1", "unreachable", 300)).await.unwrap();
+    let app = archiver::router(archive);
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), send(&app, delivered()))
+        .await
+        .expect("an answer, not a hang");
+    assert_eq!((status, body), (StatusCode::SERVICE_UNAVAILABLE, json!({"error": "mongodb is unavailable"})));
+}
