@@ -35,6 +35,7 @@ impl IntoResponse for SinkError {
         match self {
             SinkError::Rejected(r) => r.into_response(),
             SinkError::Mongo(e) => {
+                common::metrics::get().dependency_error("mongodb");
                 tracing::error!(error = %e, "MongoDB insert failed");
                 sink::error_response(StatusCode::SERVICE_UNAVAILABLE, "mongodb is unavailable")
             }
@@ -43,11 +44,12 @@ impl IntoResponse for SinkError {
 }
 
 pub fn router(archive: Archive) -> Router {
-    Router::new()
-        .route("/", post(receive))
-        .layer(DefaultBodyLimit::max(sink::MAX_EVENT_BYTES))
-        .with_state(archive)
-        .merge(common::server::health())
+    common::server::app(
+        Router::new()
+            .route("/", post(receive))
+            .layer(DefaultBodyLimit::max(sink::MAX_EVENT_BYTES))
+            .with_state(archive),
+    )
 }
 
 pub async fn run(
@@ -66,6 +68,11 @@ async fn receive(
 ) -> Result<Json<serde_json::Value>, SinkError> {
     let received = sink::read(&headers, body)?;
     let archived = archive.insert(&received).await?;
+    let metrics = common::metrics::get();
+    match archived {
+        Archived::Inserted => metrics.events_applied.inc(),
+        Archived::Duplicate => metrics.events_duplicate.inc(),
+    };
     tracing::debug!(id = %received.id, ?archived, "Event archived");
     Ok(Json(json!({ "duplicate": archived == Archived::Duplicate })))
 }

@@ -4,10 +4,13 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     common::telemetry::init();
+    let metrics = common::metrics::init("archiver");
     let config = archiver::Config::parse();
     let archive = archiver::Archive::new(&config).await?;
     let listener = common::server::bind(&config.host, config.port).await?;
+    metrics.ready(started);
     tracing::info!(port = config.port, database = %config.database, collection = %config.collection, "Archiver listening");
     archiver::run(archive, listener, common::server::shutdown_signal()).await
 }

@@ -9,6 +9,15 @@ use tokio::net::TcpListener;
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// A function's routes plus what every function serves: request metrics on them, the probes
+/// and `GET /metrics`.
+pub fn app(routes: Router) -> Router {
+    routes
+        .route_layer(axum::middleware::from_fn(crate::metrics::track))
+        .merge(health())
+        .merge(crate::metrics::routes())
+}
+
 /// The platform's probe routes; they answer as soon as the process serves.
 pub fn health() -> Router {
     Router::new()

@@ -32,10 +32,16 @@ pub enum Rejected {
 
 impl IntoResponse for Rejected {
     fn into_response(self) -> Response {
-        let status = match &self {
-            Rejected::Body { status, .. } => *status,
-            _ => StatusCode::BAD_REQUEST,
+        let (status, reason) = match &self {
+            Rejected::Body { status, .. } if *status == StatusCode::PAYLOAD_TOO_LARGE => {
+                (*status, "too_large")
+            }
+            Rejected::Body { status, .. } => (*status, "body"),
+            Rejected::NotCloudEvent(_) => (StatusCode::BAD_REQUEST, "not_cloudevent"),
+            Rejected::Event(_) => (StatusCode::BAD_REQUEST, "bad_event"),
+            Rejected::IdTooLong => (StatusCode::BAD_REQUEST, "id_too_long"),
         };
+        crate::metrics::get().rejected(reason);
         error_response(status, &self.to_string())
     }
 }

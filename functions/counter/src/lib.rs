@@ -35,6 +35,7 @@ impl IntoResponse for SinkError {
         match self {
             SinkError::Rejected(r) => r.into_response(),
             SinkError::Redis(e) => {
+                common::metrics::get().dependency_error("redis");
                 tracing::error!(error = %e, "Redis update failed");
                 sink::error_response(StatusCode::SERVICE_UNAVAILABLE, "redis is unavailable")
             }
@@ -43,11 +44,12 @@ impl IntoResponse for SinkError {
 }
 
 pub fn router(counts: Arc<Counts>) -> Router {
-    Router::new()
-        .route("/", post(receive))
-        .layer(DefaultBodyLimit::max(sink::MAX_EVENT_BYTES))
-        .with_state(counts)
-        .merge(common::server::health())
+    common::server::app(
+        Router::new()
+            .route("/", post(receive))
+            .layer(DefaultBodyLimit::max(sink::MAX_EVENT_BYTES))
+            .with_state(counts),
+    )
 }
 
 pub async fn run(
@@ -66,6 +68,11 @@ async fn receive(
 ) -> Result<Json<serde_json::Value>, SinkError> {
     let received = sink::read(&headers, body)?;
     let applied = counts.apply(&received).await?;
+    let metrics = common::metrics::get();
+    match applied {
+        Applied::Counted => metrics.events_applied.inc(),
+        Applied::Duplicate => metrics.events_duplicate.inc(),
+    };
     tracing::debug!(id = %received.id, ?applied, "Event applied");
     Ok(Json(json!({ "duplicate": applied == Applied::Duplicate })))
 }

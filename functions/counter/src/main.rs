@@ -4,10 +4,13 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     common::telemetry::init();
+    let metrics = common::metrics::init("counter");
     let config = counter::Config::parse();
     let store = counter::Counts::new(&config)?;
     let listener = common::server::bind(&config.host, config.port).await?;
+    metrics.ready(started);
     tracing::info!(port = config.port, redis = %config.redacted_redis_url(), "Counter listening");
     counter::run(store, listener, common::server::shutdown_signal()).await
 }

@@ -33,6 +33,16 @@ impl IntoResponse for IngestError {
             IngestError::Invalid(e) => e.message.clone(),
             other => other.to_string(),
         };
+        let metrics = common::metrics::get();
+        match &self {
+            IngestError::Invalid(e) => metrics.rejected(e.field.unwrap_or("json")),
+            IngestError::UnsupportedMediaType => metrics.rejected("media_type"),
+            IngestError::Body { status, .. } if *status == StatusCode::PAYLOAD_TOO_LARGE => {
+                metrics.rejected("too_large")
+            }
+            IngestError::Body { .. } => metrics.rejected("body"),
+            IngestError::Unavailable => metrics.dependency_error("producer"),
+        }
         let mut response = (status, Json(json!({ "error": message, "field": field }))).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));

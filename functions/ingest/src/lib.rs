@@ -30,11 +30,12 @@ pub struct AppState {
 
 /// The service's routes, for `run` and for tests that call it with `oneshot`.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route("/input", post(input))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(state)
-        .merge(common::server::health())
+    common::server::app(
+        Router::new()
+            .route("/input", post(input))
+            .layer(DefaultBodyLimit::max(max_body_bytes))
+            .with_state(state),
+    )
 }
 
 /// A lazily connected channel: ingest starts (and answers 503) even while producer is down.

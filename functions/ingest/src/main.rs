@@ -4,9 +4,12 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     common::telemetry::init();
+    let metrics = common::metrics::init("ingest");
     let config = ingest::Config::parse();
     let listener = common::server::bind(&config.host, config.port).await?;
+    metrics.ready(started);
     tracing::info!(port = config.port, producer = %config.producer_url, "Ingest listening");
     ingest::run(config, listener, common::server::shutdown_signal()).await
 }

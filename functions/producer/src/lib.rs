@@ -48,6 +48,7 @@ impl From<PublishError> for Status {
             PublishError::Invalid(e) => Status::invalid_argument(e.to_string()),
             PublishError::Kafka(_) | PublishError::Encode(_) => {
                 tracing::error!(error = %e, "Publishing to Kafka failed");
+                common::metrics::get().dependency_error("kafka");
                 Status::unavailable("kafka is unavailable")
             }
         }
@@ -78,11 +79,15 @@ impl Publisher {
         let event = common::event::tweet_event(&id, &self.source, tweet);
         let message = MessageRecord::from_event(event)?;
         let record = FutureRecord::to(&self.topic).key(tweet.pais.as_bytes()).message_record(&message);
+        let sent = std::time::Instant::now();
         let delivery = self
             .producer
             .send(record, Timeout::After(self.queue_timeout))
             .await
             .map_err(|(e, _message)| PublishError::Kafka(e))?;
+        let metrics = common::metrics::get();
+        metrics.produce_duration.observe(sent.elapsed().as_secs_f64());
+        metrics.tweets_published.inc();
         Ok(PublishResponse { id, partition: delivery.partition, offset: delivery.offset })
     }
 
@@ -114,9 +119,7 @@ impl Producer for Publisher {
 
 /// gRPC `weather.v1.Producer` plus the health probes, on one router.
 pub fn router(publisher: Publisher) -> axum::Router {
-    tonic::service::Routes::new(ProducerServer::new(publisher))
-        .into_axum_router()
-        .merge(common::server::health())
+    common::server::app(tonic::service::Routes::new(ProducerServer::new(publisher)).into_axum_router())
 }
 
 pub async fn run(

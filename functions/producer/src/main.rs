@@ -4,10 +4,13 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     common::telemetry::init();
+    let metrics = common::metrics::init("producer");
     let config = producer::Config::parse();
     let publisher = producer::Publisher::new(&config)?;
     let listener = common::server::bind(&config.host, config.port).await?;
+    metrics.ready(started);
     tracing::info!(port = config.port, brokers = %config.kafka_brokers, topic = %config.topic, "Producer listening");
     producer::run(publisher, listener, common::server::shutdown_signal()).await
 }

@@ -131,11 +131,36 @@ async fn clean(options: &Options) {
     client.database(&options.mongodb_database()).drop().await.unwrap();
 }
 
+/// The value of the first sample of `/metrics` of `function` whose line starts with `series`.
+async fn metric(runner: &Runner, function: &str, series: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", runner.functions.url(function)))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(series))
+        .unwrap_or_else(|| panic!("{function}: no {series}\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tweets_are_counted_and_archived_exactly_once() {
     let runner = Runner::start(options()).await.expect("runner starts");
     post(&runner, 0..200).await;
     assert_exact(&runner, 200).await;
+    let accepted =
+        r#"weather_http_requests_total{function="ingest",route="/input",method="POST",status="202"}"#;
+    assert_eq!(metric(&runner, "ingest", accepted).await, 200.0);
+    assert_eq!(metric(&runner, "producer", "weather_tweets_published_total").await, 200.0);
+    assert_eq!(metric(&runner, "producer", "weather_kafka_produce_duration_seconds_count").await, 200.0);
+    for sink in ["counter", "archiver"] {
+        assert_eq!(metric(&runner, sink, "weather_events_applied_total").await, 200.0, "{sink}");
+        assert_eq!(metric(&runner, sink, "weather_events_duplicate_total").await, 0.0, "{sink}");
+        assert!(metric(&runner, sink, "weather_process_start_to_ready_seconds").await > 0.0, "{sink}");
+    }
     clean(&runner.options).await;
     runner.stop().await;
 }
@@ -145,6 +170,10 @@ async fn every_event_delivered_twice_still_counts_once() {
     let runner = Runner::start(Options { deliveries: 2, ..options() }).await.expect("runner starts");
     post(&runner, 0..150).await;
     assert_exact(&runner, 150).await;
+    for sink in ["counter", "archiver"] {
+        assert_eq!(metric(&runner, sink, "weather_events_applied_total").await, 150.0, "{sink}");
+        assert_eq!(metric(&runner, sink, "weather_events_duplicate_total").await, 150.0, "{sink}");
+    }
     clean(&runner.options).await;
     runner.stop().await;
 }

@@ -1,0 +1,188 @@
+//! The Prometheus metrics every function serves on `GET /metrics` (its one port, as Knative
+//! allows), in the OpenMetrics text format. Names are listed for dashboards in
+//! `grafana/metrics.yaml`; every series carries the constant label `function`.
+//!
+//! One registry per process, set up by [`init`] in `main` (tests that skip it get
+//! `function="test"`). Health probes and `/metrics` itself are not counted as requests.
+
+use axum::{
+    Router,
+    extract::{MatchedPath, Request},
+    http::header::CONTENT_TYPE,
+    middleware::Next,
+    response::{IntoResponse, Response},
+    routing,
+};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+use std::{
+    borrow::Cow,
+    sync::{OnceLock, atomic::AtomicU64},
+    time::Instant,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Dependency {
+    pub dependency: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: Family<HttpLabels, Histogram>,
+    pub tweets_published: Counter,
+    pub produce_duration: Histogram,
+    pub events_applied: Counter,
+    pub events_duplicate: Counter,
+    pub events_rejected: Family<Reason, Counter>,
+    pub dependency_errors: Family<Dependency, Counter>,
+    pub start_to_ready: Gauge<f64, AtomicU64>,
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// Latency buckets from 0.5 ms to ~4 s.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+}
+
+impl Metrics {
+    fn new(function: &str) -> Metrics {
+        let mut registry =
+            Registry::with_labels([(Cow::Borrowed("function"), Cow::Owned(function.to_owned()))].into_iter());
+        let m = Metrics {
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(latency),
+            tweets_published: Counter::default(),
+            produce_duration: latency(),
+            events_applied: Counter::default(),
+            events_duplicate: Counter::default(),
+            events_rejected: Family::default(),
+            dependency_errors: Family::default(),
+            start_to_ready: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "weather_http_requests",
+            "HTTP requests answered, by route and status",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "weather_http_request_duration_seconds",
+            "Time to answer an HTTP request",
+            m.http_duration.clone(),
+        );
+        registry.register(
+            "weather_tweets_published",
+            "Tweets Kafka acknowledged (producer)",
+            m.tweets_published.clone(),
+        );
+        registry.register(
+            "weather_kafka_produce_duration_seconds",
+            "Time from send to Kafka's acknowledgement (producer)",
+            m.produce_duration.clone(),
+        );
+        registry.register(
+            "weather_events_applied",
+            "Events that changed the store (sinks)",
+            m.events_applied.clone(),
+        );
+        registry.register(
+            "weather_events_duplicate",
+            "Redelivered events skipped (sinks)",
+            m.events_duplicate.clone(),
+        );
+        registry.register(
+            "weather_events_rejected",
+            "Requests rejected as invalid, by reason",
+            m.events_rejected.clone(),
+        );
+        registry.register(
+            "weather_dependency_errors",
+            "Failed calls to a dependency (producer, kafka, redis, mongodb)",
+            m.dependency_errors.clone(),
+        );
+        registry.register(
+            "weather_process_start_to_ready_seconds",
+            "Time from process start to serving",
+            m.start_to_ready.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn rejected(&self, reason: &'static str) {
+        self.events_rejected.get_or_create(&Reason { reason }).inc();
+    }
+
+    pub fn dependency_error(&self, dependency: &'static str) {
+        self.dependency_errors.get_or_create(&Dependency { dependency }).inc();
+    }
+
+    /// Records that the process serves, `started` being the first thing `main` noted.
+    pub fn ready(&self, started: Instant) {
+        self.start_to_ready.set(started.elapsed().as_secs_f64());
+    }
+
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// Sets the `function` label; call once at the start of `main`.
+pub fn init(function: &str) -> &'static Metrics {
+    METRICS.get_or_init(|| Metrics::new(function))
+}
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    init("test")
+}
+
+/// `GET /metrics`.
+pub fn routes() -> Router {
+    Router::new().route(
+        "/metrics",
+        routing::get(|| async {
+            ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], get().encode())
+                .into_response()
+        }),
+    )
+}
+
+/// Middleware counting and timing every request but the probes and `/metrics`.
+pub async fn track(request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if path.starts_with("/health/") || path == "/metrics" {
+        return next.run(request).await;
+    }
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let labels = HttpLabels { route, method, status: response.status().as_u16() };
+    get().http_requests.get_or_create(&labels).inc();
+    get().http_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    response
+}
