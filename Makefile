@@ -24,7 +24,9 @@ check:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
-	$(VENV)/bin/python -m pytest -q loadtest
+	knative/validate
+	bash grafana/validate.sh
+	$(VENV)/bin/python -m pytest -q loadtest knative
 
 ## bench: raw Kafka producer rate, ingest→Kafka and end-to-end figures (target/bench/bench.json)
 bench:

@@ -1,0 +1,8 @@
+module weathertweets/grafana/validate
+
+go 1.22
+
+require (
+	github.com/grafana/grafana-foundation-sdk/go v0.0.22
+	gopkg.in/yaml.v3 v3.0.1
+)
