@@ -12,7 +12,7 @@ CARGO ?= cargo
 demo: $(LOCUST)
 	dev/stack up
 	$(CARGO) build --release --workspace --bins
-	target/release/runner demo
+	OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 target/release/runner demo
 
 ## test: install and start what the tests need, run every check, stop what was started
 test: $(LOCUST)
@@ -33,6 +33,15 @@ bench:
 	dev/stack up
 	$(CARGO) build --release --workspace --bins
 	target/release/runner bench
+
+.PHONY: images images-check
+## images: build the four function images with docker, podman or else buildah (weather-tweets/<name>:0.1.0)
+images:
+	CARGO=$(CARGO) images/build
+
+## images-check: build the ingest image offline with buildah; assert <= 15 MB, non-root, static, no shell
+images-check:
+	CARGO=$(CARGO) images/check
 
 stack-up:
 	dev/stack up

@@ -12,6 +12,8 @@
 //!    the archive's `archived_at`.
 //! 4. CPU-µs per tweet of every process (functions, runner, Kafka, Redis, FerretDB, the load
 //!    generator), from /proc during the end-to-end phase.
+//! 5. The end-to-end phase again with tracing on (every span exported over OTLP to the stack's
+//!    Jaeger, 100 % sampling), and the throughput it costs.
 //!
 //! The runner runs as a child process (`runner up`), so its CPU time is its own.
 
@@ -51,6 +53,9 @@ pub struct BenchArgs {
     /// Where bench.json goes.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
+    /// OTLP endpoint for the traced phase (the stack's Jaeger).
+    #[arg(long, env = "BENCH_OTLP_ENDPOINT", default_value = "http://127.0.0.1:4317")]
+    pub otlp_endpoint: String,
     /// The stack's folder, for the pids of Kafka, Redis and FerretDB.
     #[arg(long, env = "STACK_DIR", default_value = ".stack")]
     pub stack_dir: PathBuf,
@@ -73,6 +78,10 @@ pub struct Report {
     pub archived_p99_ms: f64,
     pub lost: i64,
     pub double_counted: i64,
+    pub end_to_end_traced_per_s: f64,
+    pub end_to_end_traced_p99_ms: f64,
+    /// 1 − traced / untraced end-to-end throughput.
+    pub tracing_cost: f64,
     /// Process → CPU microseconds per tweet during the end-to-end phase.
     pub cpu_us_per_tweet: BTreeMap<String, f64>,
 }
@@ -82,13 +91,13 @@ pub async fn run(options: Options, args: BenchArgs) -> anyhow::Result<Report> {
     let machine = machine();
     println!("Benchmark on {machine}; {} tweets per phase, {} connections", args.tweets, args.connections);
 
-    println!("[1/3] raw rdkafka producer (baseline)…");
+    println!("[1/4] raw rdkafka producer (baseline)…");
     let raw = raw_producer(&options, &args).await?;
     println!("      {raw:.0} records/s");
 
-    println!("[2/3] ingest → producer → Kafka, sources off…");
+    println!("[2/4] ingest → producer → Kafka, sources off…");
     let run_id = format!("bench-ingest-{}", std::process::id());
-    let ingest_only = RunnerProcess::start(&options, &run_id, false).await?;
+    let ingest_only = RunnerProcess::start(&options, &run_id, false, None).await?;
     let load = load(&ingest_only.ingest_url, &args).await;
     ingest_only.stop().await;
     let load = load?;
@@ -100,9 +109,9 @@ pub async fn run(options: Options, args: BenchArgs) -> anyhow::Result<Report> {
         load.p(0.99)
     );
 
-    println!("[3/3] end to end: ingest → Kafka → counter (Redis) + archiver (MongoDB)…");
+    println!("[3/4] end to end: ingest → Kafka → counter (Redis) + archiver (MongoDB), tracing off…");
     let run_id = format!("bench-e2e-{}", std::process::id());
-    let pipeline = RunnerProcess::start(&options, &run_id, true).await?;
+    let pipeline = RunnerProcess::start(&options, &run_id, true, None).await?;
     let e2e = end_to_end(&pipeline, &args).await;
     pipeline.stop().await;
     let e2e = e2e?;
@@ -115,6 +124,22 @@ pub async fn run(options: Options, args: BenchArgs) -> anyhow::Result<Report> {
     for (process, us) in &e2e.cpu {
         println!("        {process:<10} {us:>8.1}");
     }
+
+    println!("[4/4] the same with tracing on (100 % sampling, OTLP to {})…", args.otlp_endpoint);
+    let run_id = format!("bench-traced-{}", std::process::id());
+    let traced = RunnerProcess::start(&options, &run_id, true, Some(&args.otlp_endpoint)).await?;
+    let with_tracing = end_to_end(&traced, &args).await;
+    traced.stop().await;
+    let with_tracing = with_tracing?;
+    let tracing_cost = 1.0 - with_tracing.rate / e2e.rate;
+    println!(
+        "      {:.0} tweets/s, p99 {:.1} ms: tracing costs {:.1} % of the throughput; lost {}, double-counted {}",
+        with_tracing.rate,
+        with_tracing.p99,
+        100.0 * tracing_cost,
+        with_tracing.lost,
+        with_tracing.double_counted
+    );
 
     let report = Report {
         machine,
@@ -130,8 +155,11 @@ pub async fn run(options: Options, args: BenchArgs) -> anyhow::Result<Report> {
         end_to_end_p99_ms: e2e.p99,
         archived_p50_ms: e2e.archived_p50,
         archived_p99_ms: e2e.archived_p99,
-        lost: e2e.lost,
-        double_counted: e2e.double_counted,
+        lost: e2e.lost + with_tracing.lost,
+        double_counted: e2e.double_counted + with_tracing.double_counted,
+        end_to_end_traced_per_s: with_tracing.rate,
+        end_to_end_traced_p99_ms: with_tracing.p99,
+        tracing_cost,
         cpu_us_per_tweet: e2e.cpu,
     };
     let path = args.out.join("bench.json");
@@ -212,7 +240,13 @@ struct RunnerProcess {
 }
 
 impl RunnerProcess {
-    async fn start(options: &Options, run_id: &str, sources: bool) -> anyhow::Result<RunnerProcess> {
+    /// `otlp`: the trace endpoint, or `None` for tracing off.
+    async fn start(
+        options: &Options,
+        run_id: &str,
+        sources: bool,
+        otlp: Option<&str>,
+    ) -> anyhow::Result<RunnerProcess> {
         let options = Options { run_id: Some(run_id.to_owned()), ..options.clone() };
         let mut command = tokio::process::Command::new(std::env::current_exe()?);
         command
@@ -229,6 +263,15 @@ impl RunnerProcess {
         if !sources {
             command.arg("--no-sources");
         }
+        match otlp {
+            Some(endpoint) => command
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+                .env("OTEL_TRACES_SAMPLER", "always_on")
+                .env_remove("OTEL_SDK_DISABLED"),
+            None => command
+                .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        };
         let child = command.arg("up").stdout(std::process::Stdio::null()).spawn()?;
         let ingest_url = format!("http://127.0.0.1:{}", functions::port(options.base_port, "ingest"));
         let client = reqwest::Client::new();

@@ -66,6 +66,8 @@ pub struct Summary {
     pub p99_ms: f64,
     pub top_countries: Vec<(String, i64)>,
     pub top_climas: Vec<(String, i64)>,
+    /// The trace id of one archived tweet, when the functions exported traces.
+    pub trace_example: Option<String>,
 }
 
 impl Summary {
@@ -91,6 +93,10 @@ impl Summary {
             |v: &[(String, i64)]| v.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ");
         line("top countries", top(&self.top_countries));
         line("top conditions", top(&self.top_climas));
+        if let Some(trace) = &self.trace_example {
+            let ui = std::env::var("JAEGER_UI").unwrap_or_else(|_| "http://127.0.0.1:16686".into());
+            line("a trace", format!("{ui}/trace/{trace} (all traces: {ui}/search?service=ingest)"));
+        }
         println!(
             "  {}",
             if self.ok() { "OK: nothing lost, nothing counted twice" } else { "FAILED: see above" }
@@ -210,11 +216,12 @@ async fn summarise(options: &Options, args: &DemoArgs, dead_lettered: u64) -> an
     };
     let countries: Vec<(String, i64)> = redis.hgetall(format!("{prefix}countries")).await?;
     let climas: Vec<(String, i64)> = redis.hgetall(format!("{prefix}climas")).await?;
-    let archived = mongo(options)
+    let archive = mongo(options).await?.collection::<mongodb::bson::Document>("tweets");
+    let archived = archive.count_documents(Default::default()).await?;
+    let trace_example = archive
+        .find_one(mongodb::bson::doc! { "trace_id": { "$exists": true } })
         .await?
-        .collection::<mongodb::bson::Document>("tweets")
-        .count_documents(Default::default())
-        .await?;
+        .and_then(|doc| doc.get_str("trace_id").ok().map(str::to_owned));
 
     let (messages, dead_letters) = topics(options)?;
     let messages = records(&options.kafka_brokers, &messages)?;
@@ -238,6 +245,7 @@ async fn summarise(options: &Options, args: &DemoArgs, dead_lettered: u64) -> an
         p99_ms: stats.percentile(0.99),
         top_countries: top(countries),
         top_climas: top(climas),
+        trace_example,
     })
 }
 

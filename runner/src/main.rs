@@ -30,7 +30,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    common::telemetry::init();
+    let _telemetry = common::telemetry::init("runner");
     let cli = Cli::parse();
     match cli.command {
         Command::Up => {

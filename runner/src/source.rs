@@ -17,7 +17,7 @@ use futures::{StreamExt, stream::FuturesOrdered};
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
     consumer::{CommitMode, Consumer, StreamConsumer},
-    message::OwnedMessage,
+    message::{Headers, OwnedMessage},
     producer::{FutureProducer, FutureRecord},
     util::Timeout,
 };
@@ -30,6 +30,7 @@ use std::{
     time::Duration,
 };
 use tokio::{sync::mpsc, sync::watch, task::JoinHandle};
+use tracing::{Instrument, Span, field::Empty};
 
 /// Events in flight per partition for `ordering: unordered` (Knative's `max.poll.records`).
 pub const UNORDERED_IN_FLIGHT: usize = 50;
@@ -219,11 +220,34 @@ impl Dispatcher {
         self.progress.next.lock().expect("progress lock").insert((topic, partition), offset + 1);
     }
 
+    /// A consumer span continuing the record's trace, as Knative's dispatcher makes one; none
+    /// when the record carries no valid `traceparent`.
+    fn receive_span(&self, message: &OwnedMessage) -> Span {
+        let headers = message.headers().into_iter().flat_map(|h| h.iter().map(|h| (h.key, h.value)));
+        let Some(parent) = common::telemetry::from_record_headers(headers) else { return Span::none() };
+        let span = tracing::info_span!(
+            "kafka_receive",
+            otel.name = %format!("receive {}", message.topic()),
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.operation.type = "receive",
+            messaging.destination.name = %message.topic(),
+            messaging.consumer.group.name = %self.source.consumer_group,
+            messaging.destination.partition.id = %message.partition(),
+            messaging.kafka.offset = message.offset(),
+            trace_id = Empty,
+            span_id = Empty,
+        );
+        common::telemetry::continue_trace(&span, parent);
+        span
+    }
+
     /// Delivers (or dead-letters) one record; `None` if shutdown interrupted it.
     async fn dispatch(self: Arc<Self>, message: OwnedMessage) -> Option<(String, i32, i64)> {
         let event = record::to_event(&message, &self.source.namespace, &self.source.name);
+        let span = self.receive_span(&message);
         for _ in 0..self.deliveries {
-            match self.deliver(&event).await? {
+            match self.deliver(&event, &span).instrument(span.clone()).await? {
                 Ok(()) => {}
                 Err(failure) => {
                     self.dead_letter(&message, event, failure).await?;
@@ -236,11 +260,11 @@ impl Dispatcher {
     }
 
     /// One delivery with the source's retries; `None` if shutdown interrupted the retries.
-    async fn deliver(&self, event: &Event) -> Option<Result<(), Failure>> {
+    async fn deliver(&self, event: &Event, trace: &Span) -> Option<Result<(), Failure>> {
         let delivery = &self.source.delivery;
         let mut retries = 0;
         loop {
-            let failure = match self.send(event).await {
+            let failure = match self.send(event, trace).await {
                 Ok(()) => return Some(Ok(())),
                 Err(f) => f,
             };
@@ -256,8 +280,21 @@ impl Dispatcher {
         }
     }
 
-    async fn send(&self, event: &Event) -> Result<(), Failure> {
-        let request = self
+    async fn send(&self, event: &Event, trace: &Span) -> Result<(), Failure> {
+        let span = if trace.is_none() {
+            Span::none()
+        } else {
+            tracing::info_span!(
+                parent: trace,
+                "send",
+                otel.name = %format!("POST {}", self.source.sink),
+                otel.kind = "client",
+                http.request.method = "POST",
+                url.full = %self.sink_url,
+                http.response.status_code = Empty,
+            )
+        };
+        let mut request = self
             .client
             .post(&self.sink_url)
             .timeout(self.source.delivery.timeout)
@@ -265,7 +302,14 @@ impl Dispatcher {
             .header("Kn-Namespace", &self.source.namespace)
             .event(event.clone())
             .map_err(|e| Failure { code: None, body: Vec::new(), error: e.to_string() })?;
-        match request.send().await {
+        for (key, value) in common::telemetry::headers(&span) {
+            request = request.header(key, value);
+        }
+        let response = request.send().instrument(span.clone()).await;
+        if let Ok(r) = &response {
+            span.record("http.response.status_code", r.status().as_u16());
+        }
+        match response {
             Ok(response) if response.status().as_u16() < 300 => Ok(()),
             Ok(response) => {
                 let code = response.status().as_u16();

@@ -8,7 +8,8 @@ use mongodb::{
     error::{ErrorKind, WriteFailure},
     options::ClientOptions,
 };
-use std::time::Duration;
+use std::{future::IntoFuture, time::Duration};
+use tracing::Instrument;
 
 /// MongoDB's duplicate-key error code.
 const DUPLICATE_KEY: i32 = 11000;
@@ -37,7 +38,16 @@ impl Archive {
     }
 
     pub async fn insert(&self, event: &Received) -> mongodb::error::Result<Archived> {
-        match self.tweets.insert_one(document(event)).await {
+        let span = tracing::info_span!(
+            "insert",
+            otel.name = %format!("insert {}", self.tweets.name()),
+            otel.kind = "client",
+            db.system.name = "mongodb",
+            db.namespace = %self.tweets.namespace().db,
+            db.collection.name = %self.tweets.name(),
+            db.operation.name = "insert",
+        );
+        match self.tweets.insert_one(document(event)).into_future().instrument(span).await {
             Ok(_) => Ok(Archived::Inserted),
             Err(e) if is_duplicate(&e) => Ok(Archived::Duplicate),
             Err(e) => Err(e),

@@ -5,7 +5,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    common::telemetry::init();
+    let _telemetry = common::telemetry::init("archiver");
     let metrics = common::metrics::init("archiver");
     let config = archiver::Config::parse();
     let archive = archiver::Archive::new(&config).await?;

@@ -14,6 +14,7 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 pub fn app(routes: Router) -> Router {
     routes
         .route_layer(axum::middleware::from_fn(crate::metrics::track))
+        .route_layer(axum::middleware::from_fn(crate::telemetry::server_span))
         .merge(health())
         .merge(crate::metrics::routes())
 }

@@ -1,16 +1,171 @@
-//! Logging set up once per process: structured, JSON when stderr is not a terminal, filtered by
-//! `RUST_LOG` (default `info`).
+//! Telemetry, set up once per process by [`init`], which returns a guard that flushes the
+//! traces on exit.
+//!
+//! - **Logs**: structured, JSON when stderr is not a terminal, filtered by `RUST_LOG` (default
+//!   `info`); every line inside a request carries the `trace_id` and `span_id` of its server span.
+//! - **Traces**: OpenTelemetry spans through `tracing-opentelemetry`, exported in batches over OTLP
+//!   (gRPC) when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is set and
+//!   `OTEL_SDK_DISABLED` is not `true`; the SDK reads the other `OTEL_*` variables itself
+//!   (sampler, timeouts, headers). The exporter's own gRPC traffic creates no spans: nothing
+//!   instruments tonic's transport, and its crates log at `warn` only.
+//! - **Propagation**: W3C `traceparent`/`tracestate`, in HTTP headers, gRPC metadata and Kafka
+//!   record headers ([`inject`], [`extract`]).
 
+use axum::{extract::Request, middleware::Next, response::Response};
+use opentelemetry::{
+    Context,
+    propagation::{Extractor, Injector},
+    trace::{TraceContextExt, TracerProvider as _},
+};
+use opentelemetry_sdk::{
+    Resource,
+    propagation::TraceContextPropagator,
+    trace::{Sampler, SdkTracerProvider},
+};
 use std::io::IsTerminal;
-use tracing_subscriber::EnvFilter;
+use tracing::{Instrument, Span, field::Empty};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
-/// Installs the global subscriber; call first thing in `main`.
-pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::io::stderr().is_terminal() {
-        builder.init();
-    } else {
-        builder.json().flatten_event(true).with_current_span(true).init();
+/// Flushes and shuts the trace exporter down when dropped (at the end of `main`).
+pub struct Guard(SdkTracerProvider);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.shutdown() {
+            eprintln!("flushing traces failed: {e}");
+        }
     }
+}
+
+/// Whether the `OTEL_*` environment asks for an exporter.
+pub fn exporting() -> bool {
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.is_empty());
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+/// Installs logging, tracing and the W3C propagator; call first thing in `main`.
+pub fn init(service: &'static str) -> Guard {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(
+            "info,h2=warn,hyper=warn,tonic=warn,tower=warn,opentelemetry=warn,opentelemetry_sdk=warn",
+        )
+    });
+    let provider = provider(service);
+    let traces = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
+    let registry = tracing_subscriber::registry().with(filter).with(traces);
+    if std::io::stderr().is_terminal() {
+        registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init();
+    } else {
+        let json = tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .with_writer(std::io::stderr);
+        registry.with(json).init();
+    }
+    Guard(provider)
+}
+
+/// With an exporter when the environment asks for one. Without, spans are never sampled but
+/// still get ids, so logs carry them and the context still reaches the next service.
+fn provider(service: &'static str) -> SdkTracerProvider {
+    let builder =
+        SdkTracerProvider::builder().with_resource(Resource::builder().with_service_name(service).build());
+    let exporter = exporting().then(|| opentelemetry_otlp::SpanExporter::builder().with_tonic().build());
+    match exporter {
+        Some(Ok(exporter)) => builder.with_batch_exporter(exporter),
+        Some(Err(e)) => {
+            eprintln!("OTLP trace exporter disabled: {e}");
+            builder.with_sampler(Sampler::AlwaysOff)
+        }
+        None => builder.with_sampler(Sampler::AlwaysOff),
+    }
+    .build()
+}
+
+/// Writes `span`'s context as `traceparent` (and `tracestate`) into a carrier.
+pub fn inject(span: &Span, carrier: &mut dyn Injector) {
+    let context = span.context();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, carrier));
+}
+
+/// `span`'s context as W3C headers (`traceparent`, and `tracestate` when there is one); empty
+/// when the span is not part of a trace.
+pub fn headers(span: &Span) -> std::collections::HashMap<String, String> {
+    let mut headers = std::collections::HashMap::new();
+    inject(span, &mut headers);
+    headers
+}
+
+/// The trace context in Kafka record headers, read as Knative's dispatcher reads it: from the
+/// plain `traceparent`/`tracestate` headers (any case), not from `ce_traceparent`.
+pub fn from_record_headers<'a>(
+    headers: impl Iterator<Item = (&'a str, Option<&'a [u8]>)>,
+) -> Option<Context> {
+    let carrier: std::collections::HashMap<String, String> = headers
+        .filter_map(|(key, value)| {
+            let key = key.to_ascii_lowercase();
+            let value = String::from_utf8_lossy(value?).into_owned();
+            (key == "traceparent" || key == "tracestate").then_some((key, value))
+        })
+        .collect();
+    let context = extract(&carrier);
+    context.span().span_context().is_valid().then_some(context)
+}
+
+/// Reads a W3C context from a carrier; empty when it holds none.
+pub fn extract(carrier: &dyn Extractor) -> Context {
+    opentelemetry::global::get_text_map_propagator(|p| p.extract(carrier))
+}
+
+/// Makes `parent` the parent of `span` and records the resulting ids on it, so that every log
+/// line inside carries them.
+pub fn continue_trace(span: &Span, parent: Context) {
+    let _ = span.set_parent(parent);
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    if span_context.is_valid() {
+        span.record("trace_id", span_context.trace_id().to_string());
+        span.record("span_id", span_context.span_id().to_string());
+    }
+}
+
+/// The trace id of the current span, if it is part of a trace.
+pub fn current_trace_id() -> Option<String> {
+    let context = Span::current().context();
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then(|| span_context.trace_id().to_string())
+}
+
+/// Middleware: a server span per request (none for probes and `/metrics`), continuing the
+/// caller's trace from its `traceparent` header (gRPC metadata are HTTP/2 headers too).
+pub async fn server_span(request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if path.starts_with("/health/") || path == "/metrics" {
+        return next.run(request).await;
+    }
+    let name = format!("{} {}", request.method(), path);
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %name,
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        url.path = %path,
+        http.response.status_code = Empty,
+        otel.status_code = Empty,
+        trace_id = Empty,
+        span_id = Empty,
+    );
+    continue_trace(&span, extract(&opentelemetry_http::HeaderExtractor(request.headers())));
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    response
 }

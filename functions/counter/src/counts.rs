@@ -25,6 +25,7 @@ use redis::{
 };
 use std::time::Duration;
 use tokio::sync::OnceCell;
+use tracing::Instrument;
 
 /// Offsets per bitmap block (2^20 bits = 128 KiB).
 const BLOCK_BITS: i64 = 1 << 20;
@@ -106,8 +107,19 @@ impl Counts {
             .arg(self.ttl_s)
             .arg(&event.tweet.pais)
             .arg(event.tweet.clima.as_str());
-        let mut connection = self.connection().await?;
-        let fresh: i64 = invocation.invoke_async(&mut connection).await?;
+        let span = tracing::info_span!(
+            "EVALSHA",
+            otel.kind = "client",
+            db.system.name = "redis",
+            db.operation.name = "EVALSHA",
+            db.query.summary = "dedup and count",
+        );
+        let fresh: i64 = async {
+            let mut connection = self.connection().await?;
+            invocation.invoke_async(&mut connection).await
+        }
+        .instrument(span)
+        .await?;
         Ok(if fresh == 1 { Applied::Counted } else { Applied::Duplicate })
     }
 }

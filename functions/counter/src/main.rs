@@ -5,7 +5,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    common::telemetry::init();
+    let _telemetry = common::telemetry::init("counter");
     let metrics = common::metrics::init("counter");
     let config = counter::Config::parse();
     let store = counter::Counts::new(&config)?;

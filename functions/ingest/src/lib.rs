@@ -19,7 +19,11 @@ use proto::v1::{PublishRequest, producer_client::ProducerClient};
 use serde_json::{Value, json};
 use std::{future::Future, time::Duration};
 use tokio::net::TcpListener;
-use tonic::transport::{Channel, Endpoint};
+use tonic::{
+    metadata::{MetadataKey, MetadataValue},
+    transport::{Channel, Endpoint},
+};
+use tracing::Instrument;
 
 /// What the handler needs: a client on the shared channel and the deadline for its answer.
 #[derive(Clone)]
@@ -69,9 +73,24 @@ async fn input(
     let body = body.map_err(|e| IngestError::Body { status: e.status(), message: e.body_text() })?;
     let tweet = Tweet::from_json(&body)?;
 
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = "weather.v1.Producer/Publish",
+        otel.kind = "client",
+        rpc.system = "grpc",
+        rpc.service = "weather.v1.Producer",
+        rpc.method = "Publish",
+    );
     let mut request = tonic::Request::new(PublishRequest { tweet: Some(to_proto(tweet)) });
     request.set_timeout(state.timeout);
-    match state.producer.clone().publish(request).await {
+    for (key, value) in common::telemetry::headers(&span) {
+        if let (Ok(key), Ok(value)) =
+            (MetadataKey::from_bytes(key.as_bytes()), MetadataValue::try_from(value))
+        {
+            request.metadata_mut().insert(key, value);
+        }
+    }
+    match state.producer.clone().publish(request).instrument(span).await {
         Ok(reply) => {
             let reply = reply.into_inner();
             Ok((StatusCode::ACCEPTED, Json(json!({ "id": reply.id }))))

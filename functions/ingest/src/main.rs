@@ -5,7 +5,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    common::telemetry::init();
+    let _telemetry = common::telemetry::init("ingest");
     let metrics = common::metrics::init("ingest");
     let config = ingest::Config::parse();
     let listener = common::server::bind(&config.host, config.port).await?;

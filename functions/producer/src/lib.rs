@@ -12,6 +12,7 @@ use proto::v1::{
     PublishRequest, PublishResponse,
     producer_server::{Producer, ProducerServer},
 };
+use rdkafka::message::Header;
 use rdkafka::{
     ClientConfig,
     error::KafkaError,
@@ -21,6 +22,7 @@ use rdkafka::{
 use std::{future::Future, time::Duration};
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
+use tracing::{Instrument, field::Empty};
 
 /// Writes tweet events to one topic.
 #[derive(Clone)]
@@ -76,15 +78,41 @@ impl Publisher {
     /// Writes the tweet and returns where Kafka put it.
     pub async fn publish(&self, tweet: &Tweet) -> Result<PublishResponse, PublishError> {
         let id = uuid::Uuid::now_v7().to_string();
-        let event = common::event::tweet_event(&id, &self.source, tweet);
+        let span = tracing::info_span!(
+            "send",
+            otel.name = %format!("send {}", self.topic),
+            otel.kind = "producer",
+            messaging.system = "kafka",
+            messaging.operation.type = "send",
+            messaging.destination.name = %self.topic,
+            messaging.kafka.message.key = %tweet.pais,
+            messaging.message.id = %id,
+            messaging.destination.partition.id = Empty,
+            messaging.kafka.offset = Empty,
+        );
+        // The trace travels twice, as Knative reads it: the plain `traceparent` header (which
+        // KafkaSource continues) and the CloudEvents attribute `ce_traceparent`.
+        let trace = common::telemetry::headers(&span);
+        let mut event = common::event::tweet_event(&id, &self.source, tweet);
+        if let Some(traceparent) = trace.get("traceparent") {
+            event.set_extension("traceparent", traceparent.clone());
+        }
         let message = MessageRecord::from_event(event)?;
-        let record = FutureRecord::to(&self.topic).key(tweet.pais.as_bytes()).message_record(&message);
+        let mut record = FutureRecord::to(&self.topic).key(tweet.pais.as_bytes()).message_record(&message);
+        let mut headers = record.headers.take().unwrap_or_default();
+        for (key, value) in &trace {
+            headers = headers.insert(Header { key, value: Some(value) });
+        }
+        let record = record.headers(headers);
         let sent = std::time::Instant::now();
         let delivery = self
             .producer
             .send(record, Timeout::After(self.queue_timeout))
+            .instrument(span.clone())
             .await
             .map_err(|(e, _message)| PublishError::Kafka(e))?;
+        span.record("messaging.destination.partition.id", delivery.partition.to_string());
+        span.record("messaging.kafka.offset", delivery.offset);
         let metrics = common::metrics::get();
         metrics.produce_duration.observe(sent.elapsed().as_secs_f64());
         metrics.tweets_published.inc();

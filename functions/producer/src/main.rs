@@ -5,7 +5,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    common::telemetry::init();
+    let _telemetry = common::telemetry::init("producer");
     let metrics = common::metrics::init("producer");
     let config = producer::Config::parse();
     let publisher = producer::Publisher::new(&config)?;

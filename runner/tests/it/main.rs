@@ -3,6 +3,8 @@
 //! Each test isolates itself with its own run id (topics, consumer groups, key prefix,
 //! database) and its own ports; the function binaries come from `cargo build --workspace`.
 
+mod traces;
+
 use futures::{StreamExt, stream};
 use nix::{sys::signal, unistd::Pid};
 use rdkafka::{

@@ -1,0 +1,233 @@
+//! One trace per tweet across all four functions (and the runner, which plays KafkaSource),
+//! read back from the stack's Jaeger: every span present once, every parent link right, an
+//! incoming `traceparent` continued.
+
+use crate::{env_or, free_ports, options, tweet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
+
+/// A span as Jaeger's HTTP API returns it, reduced to what the test checks.
+#[derive(Debug, Clone)]
+struct SpanInfo {
+    service: String,
+    operation: String,
+    parent: Option<String>,
+}
+
+/// The runner as its own process, exporting traces like the functions it starts.
+struct TracedRunner {
+    child: tokio::process::Child,
+    ingest: String,
+}
+
+impl TracedRunner {
+    async fn start(options: &runner::Options) -> TracedRunner {
+        let otlp = format!("http://127.0.0.1:{}", env_or("JAEGER_OTLP_PORT", "4317"));
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+            .args([
+                "--run-id",
+                options.run_id.as_deref().unwrap(),
+                "--base-port",
+                &options.base_port.to_string(),
+            ])
+            .arg("--manifests")
+            .arg(&options.manifests)
+            .arg("--log-dir")
+            .arg(&options.log_dir)
+            .arg("up")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the runner starts");
+        let ingest = format!("http://127.0.0.1:{}", runner::functions::port(options.base_port, "ingest"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !reqwest::get(format!("{ingest}/health/readiness")).await.is_ok_and(|r| r.status().is_success())
+        {
+            assert!(Instant::now() < deadline, "the runner did not start; see {}", options.log_dir.display());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        TracedRunner { child, ingest }
+    }
+
+    /// SIGTERM, so every process flushes its spans.
+    async fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id().unwrap() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        self.child.wait().await.unwrap();
+    }
+}
+
+/// The spans of one trace, once `expected` of them arrived (the exporters batch).
+async fn trace(trace_id: &str, expected: usize) -> BTreeMap<String, SpanInfo> {
+    let url = format!("http://127.0.0.1:{}/api/traces/{trace_id}", env_or("JAEGER_UI_PORT", "16686"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = reqwest::get(&url).await.expect("Jaeger is down — start it with `dev/stack up`");
+        let spans = if response.status().is_success() {
+            let body: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+            spans(&body)
+        } else {
+            BTreeMap::new()
+        };
+        if spans.len() >= expected || Instant::now() > deadline {
+            return spans;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn spans(body: &serde_json::Value) -> BTreeMap<String, SpanInfo> {
+    let mut all = BTreeMap::new();
+    for trace in body["data"].as_array().into_iter().flatten() {
+        let processes = &trace["processes"];
+        for span in trace["spans"].as_array().into_iter().flatten() {
+            let parent = span["references"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["refType"] == "CHILD_OF")
+                .map(|r| r["spanID"].as_str().unwrap().to_owned());
+            let service = processes[span["processID"].as_str().unwrap()]["serviceName"].as_str().unwrap();
+            all.insert(
+                span["spanID"].as_str().unwrap().to_owned(),
+                SpanInfo {
+                    service: service.to_owned(),
+                    operation: span["operationName"].as_str().unwrap().to_owned(),
+                    parent,
+                },
+            );
+        }
+    }
+    all
+}
+
+/// Checks the whole tree of one tweet's trace; returns the span id of ingest's server span's
+/// parent (the caller's span, when it sent a `traceparent`).
+fn check_tree(spans: &BTreeMap<String, SpanInfo>, topic: &str) -> Option<String> {
+    let find = |service: &str, operation: &str| -> Vec<(&String, &SpanInfo)> {
+        spans.iter().filter(|(_, s)| s.service == service && s.operation == operation).collect()
+    };
+    let one = |service: &str, operation: &str| {
+        let found = find(service, operation);
+        assert_eq!(found.len(), 1, "one {service} span {operation:?} in {spans:#?}");
+        (found[0].0.clone(), found[0].1.clone())
+    };
+    let parent_is = |child: &SpanInfo, parent: &str| {
+        assert_eq!(child.parent.as_deref(), Some(parent), "parent of {child:?}");
+    };
+    let (ingest_id, ingest) = one("ingest", "POST /input");
+    let (publish_id, publish) = one("ingest", "weather.v1.Producer/Publish");
+    parent_is(&publish, &ingest_id);
+    let (server_id, server) = one("producer", "POST /weather.v1.Producer/Publish");
+    parent_is(&server, &publish_id);
+    let (send_id, send) = one("producer", &format!("send {topic}"));
+    parent_is(&send, &server_id);
+    let receives = find("runner", &format!("receive {topic}"));
+    assert_eq!(receives.len(), 2, "one receive per KafkaSource");
+    for (_, receive) in &receives {
+        parent_is(receive, &send_id);
+    }
+    for (sink, client) in [("counter", "EVALSHA"), ("archiver", "insert tweets")] {
+        let (post_id, post) = one("runner", &format!("POST {sink}"));
+        assert!(
+            receives.iter().any(|(id, _)| post.parent.as_ref() == Some(*id)),
+            "POST {sink} under a receive"
+        );
+        let (sink_id, sink_span) = one(sink, "POST /");
+        parent_is(&sink_span, &post_id);
+        let (_, store) = one(sink, client);
+        parent_is(&store, &sink_id);
+    }
+    assert_eq!(spans.len(), 12, "no other span in the trace: {spans:#?}");
+    let services: BTreeSet<&str> = spans.values().map(|s| s.service.as_str()).collect();
+    assert_eq!(services, BTreeSet::from(["archiver", "counter", "ingest", "producer", "runner"]));
+    ingest.parent
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_tweet_is_one_trace_through_all_four_functions() {
+    let options = runner::Options { base_port: free_ports(), ..options() };
+    let topic = options.topic("messages");
+    let runner = TracedRunner::start(&options).await;
+    let client = reqwest::Client::new();
+
+    // Three tweets continue a caller's trace; three start their own.
+    let mut incoming = Vec::new();
+    let mut accepted = Vec::new();
+    for i in 0..6 {
+        let mut request = client
+            .post(format!("{}/input", runner.ingest))
+            .header("content-type", "application/json")
+            .body(tweet(i).to_string());
+        if i < 3 {
+            let trace_id = format!("{:032x}", uuid::Uuid::new_v4().as_u128());
+            let span_id = format!("{:016x}", uuid::Uuid::new_v4().as_u128() as u64 | 1);
+            request = request.header("traceparent", format!("00-{trace_id}-{span_id}-01"));
+            incoming.push((trace_id, span_id));
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 202);
+        let body: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        accepted.push(body["id"].as_str().unwrap().to_owned());
+    }
+
+    // The archive records each tweet's trace id; wait until all six are there.
+    let db = mongodb::Client::with_uri_str(&options.mongodb_uri)
+        .await
+        .unwrap()
+        .database(&options.mongodb_database());
+    let tweets = db.collection::<mongodb::bson::Document>("tweets");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tweets.count_documents(Default::default()).await.unwrap() < 6 {
+        assert!(Instant::now() < deadline, "tweets not archived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut trace_ids = Vec::new();
+    for id in &accepted {
+        let doc = tweets.find_one(mongodb::bson::doc! { "_id": id }).await.unwrap().unwrap();
+        trace_ids.push(doc.get_str("trace_id").expect("the archive has the trace id").to_owned());
+    }
+    for (i, (trace_id, span_id)) in incoming.iter().enumerate() {
+        assert_eq!(&trace_ids[i], trace_id, "the incoming trace id is continued");
+        let spans = trace(trace_id, 12).await;
+        assert_eq!(
+            check_tree(&spans, &topic).as_deref(),
+            Some(span_id.as_str()),
+            "ingest's parent is the caller's span"
+        );
+    }
+    for trace_id in &trace_ids[3..] {
+        let spans = trace(trace_id, 12).await;
+        assert_eq!(check_tree(&spans, &topic), None, "a trace started by ingest has no parent");
+    }
+    let distinct: BTreeSet<&String> = trace_ids.iter().collect();
+    assert_eq!(distinct.len(), 6, "one trace per tweet");
+
+    // Probes and /metrics make no spans (the runner polled every function's readiness).
+    for service in ["ingest", "producer", "counter", "archiver"] {
+        let url = format!(
+            "http://127.0.0.1:{}/api/services/{service}/operations",
+            env_or("JAEGER_UI_PORT", "16686")
+        );
+        let body: serde_json::Value =
+            serde_json::from_slice(&reqwest::get(url).await.unwrap().bytes().await.unwrap()).unwrap();
+        let operations: Vec<&str> = body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o.as_str().or(o["name"].as_str()))
+            .collect();
+        assert!(!operations.is_empty(), "{service} exported spans");
+        assert!(
+            !operations.iter().any(|o| o.contains("/health") || o.contains("/metrics")),
+            "{service}: {operations:?}"
+        );
+    }
+
+    runner.stop().await;
+    db.drop().await.unwrap();
+}
