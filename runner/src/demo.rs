@@ -94,8 +94,7 @@ impl Summary {
         line("top countries", top(&self.top_countries));
         line("top conditions", top(&self.top_climas));
         if let Some(trace) = &self.trace_example {
-            let ui = std::env::var("JAEGER_UI").unwrap_or_else(|_| "http://127.0.0.1:16686".into());
-            line("a trace", format!("{ui}/trace/{trace} (all traces: {ui}/search?service=ingest)"));
+            line("a trace", format!("{}/api/traces/{trace}", jaeger()));
         }
         println!(
             "  {}",
@@ -157,6 +156,9 @@ pub async fn run(options: Options, args: DemoArgs) -> anyhow::Result<Summary> {
     let summary = summarise(&options, &args, dead_lettered).await?;
     std::fs::write(args.out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
     summary.print();
+    if let Some(trace) = &summary.trace_example {
+        print_trace(trace).await;
+    }
     println!("\nSummary written to {}", args.out.join("summary.json").display());
     Ok(summary)
 }
@@ -249,6 +251,87 @@ async fn summarise(options: &Options, args: &DemoArgs, dead_lettered: u64) -> an
     })
 }
 
+/// The stack's Jaeger (its query API; `JAEGER_URL` to use another).
+fn jaeger() -> String {
+    std::env::var("JAEGER_URL").unwrap_or_else(|_| "http://127.0.0.1:16686".into())
+}
+
+/// Prints one tweet's trace from Jaeger as a tree of spans.
+async fn print_trace(trace_id: &str) {
+    let url = format!("{}/api/traces/{trace_id}", jaeger());
+    let mut spans = Vec::new();
+    for _ in 0..25 {
+        if let Ok(body) = reqwest::get(&url).await.and_then(|r| r.error_for_status())
+            && let Ok(json) = body.json::<serde_json::Value>().await
+        {
+            spans = trace_spans(&json);
+            if spans.len() >= 12 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if spans.is_empty() {
+        println!(
+            "\n(no trace in Jaeger at {url}: were the functions exporting? `make demo` sets OTEL_EXPORTER_OTLP_ENDPOINT)"
+        );
+        return;
+    }
+    println!("\nOne tweet's trace ({url}):");
+    fn walk(spans: &[TraceSpan], parent: Option<&str>, depth: usize) {
+        for span in spans.iter().filter(|s| s.parent.as_deref() == parent || (depth == 0 && s.orphan)) {
+            let (indent, width) = (depth * 2, 44 - depth * 2);
+            println!("  {:indent$}{:<9} {:<width$} {:>8.2} ms", "", span.service, span.operation, span.ms);
+            walk(spans, Some(&span.id), depth + 1);
+        }
+    }
+    walk(&spans, None, 0);
+}
+
+struct TraceSpan {
+    id: String,
+    parent: Option<String>,
+    /// Its parent is outside the trace (the caller's span).
+    orphan: bool,
+    service: String,
+    operation: String,
+    ms: f64,
+}
+
+/// The spans of a Jaeger `/api/traces/{id}` answer, in start order.
+fn trace_spans(json: &serde_json::Value) -> Vec<TraceSpan> {
+    let Some(trace) = json["data"].get(0) else { return Vec::new() };
+    let mut spans: Vec<(i64, TraceSpan)> = trace["spans"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let parent = s["references"].get(0).and_then(|r| r["spanID"].as_str()).map(str::to_owned);
+            let service = s["processID"].as_str().and_then(|p| trace["processes"][p]["serviceName"].as_str());
+            (
+                s["startTime"].as_i64().unwrap_or(0),
+                TraceSpan {
+                    id: s["spanID"].as_str().unwrap_or_default().to_owned(),
+                    parent,
+                    orphan: false,
+                    service: service.unwrap_or("?").to_owned(),
+                    operation: s["operationName"].as_str().unwrap_or_default().to_owned(),
+                    ms: s["duration"].as_f64().unwrap_or(0.0) / 1000.0,
+                },
+            )
+        })
+        .collect();
+    spans.sort_by_key(|(start, _)| *start);
+    let ids: Vec<String> = spans.iter().map(|(_, s)| s.id.clone()).collect();
+    spans
+        .into_iter()
+        .map(|(_, mut s)| {
+            s.orphan = s.parent.as_ref().is_some_and(|p| !ids.contains(p));
+            s
+        })
+        .collect()
+}
+
 /// The run's topic of tweets and its dead-letter topic, from the manifests.
 fn topics(options: &Options) -> anyhow::Result<(String, String)> {
     let sources = manifests::kafka_sources(&options.manifests)?;
@@ -337,6 +420,24 @@ impl LocustStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_a_jaeger_trace() {
+        let json = serde_json::json!({"data": [{
+            "processes": {"p1": {"serviceName": "ingest"}, "p2": {"serviceName": "producer"}},
+            "spans": [
+                {"spanID": "b", "startTime": 2, "duration": 500, "operationName": "send", "processID": "p2",
+                 "references": [{"refType": "CHILD_OF", "spanID": "a"}]},
+                {"spanID": "a", "startTime": 1, "duration": 1500, "operationName": "POST /input", "processID": "p1",
+                 "references": [{"refType": "CHILD_OF", "spanID": "caller"}]}
+            ]
+        }]});
+        let spans = trace_spans(&json);
+        let read: Vec<_> =
+            spans.iter().map(|s| (s.id.as_str(), s.service.as_str(), s.orphan, s.ms)).collect();
+        assert_eq!(read, [("a", "ingest", true, 1.5), ("b", "producer", false, 0.5)]);
+        assert!(trace_spans(&serde_json::json!({"data": []})).is_empty());
+    }
 
     #[test]
     fn reads_locust_statistics() {
