@@ -26,6 +26,7 @@ check:
 	$(CARGO) test --workspace
 	knative/validate
 	bash grafana/validate.sh
+	CARGO=$(CARGO) images/check
 	$(VENV)/bin/python -m pytest -q loadtest knative
 
 ## bench: raw Kafka producer rate, ingest→Kafka and end-to-end figures (target/bench/bench.json)

@@ -13,7 +13,8 @@
 //! 4. CPU-µs per tweet of every process (functions, runner, Kafka, Redis, FerretDB, the load
 //!    generator), from /proc during the end-to-end phase.
 //! 5. The end-to-end phase again with tracing on (every span exported over OTLP to the stack's
-//!    Jaeger, 100 % sampling), and the throughput it costs.
+//!    Jaeger, 100 % sampling), alternating with the untraced one over `--rounds`, and the
+//!    throughput it costs (1 − mean traced / mean untraced).
 //!
 //! The runner runs as a child process (`runner up`), so its CPU time is its own.
 
@@ -53,6 +54,10 @@ pub struct BenchArgs {
     /// Where bench.json goes.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
+    /// Rounds of the end-to-end phase, each once with tracing off and once on (alternated, so
+    /// drift in the machine hits both alike).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: u32,
     /// OTLP endpoint for the traced phase (the stack's Jaeger).
     #[arg(long, env = "BENCH_OTLP_ENDPOINT", default_value = "http://127.0.0.1:4317")]
     pub otlp_endpoint: String,
@@ -91,6 +96,7 @@ pub async fn run(options: Options, args: BenchArgs) -> anyhow::Result<Report> {
     let machine = machine();
     println!("Benchmark on {machine}; {} tweets per phase, {} connections", args.tweets, args.connections);
 
+    anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
     println!("[1/4] raw rdkafka producer (baseline)…");
     let raw = raw_producer(&options, &args).await?;
     println!("      {raw:.0} records/s");
@@ -109,37 +115,50 @@ pub async fn run(options: Options, args: BenchArgs) -> anyhow::Result<Report> {
         load.p(0.99)
     );
 
-    println!("[3/4] end to end: ingest → Kafka → counter (Redis) + archiver (MongoDB), tracing off…");
-    let run_id = format!("bench-e2e-{}", std::process::id());
-    let pipeline = RunnerProcess::start(&options, &run_id, true, None).await?;
-    let e2e = end_to_end(&pipeline, &args).await;
-    pipeline.stop().await;
-    let e2e = e2e?;
     println!(
-        "      {:.0} tweets/s accepted → counted, p50 {:.1} ms, p99 {:.1} ms; archived p50 {:.1} ms, p99 {:.1} ms",
-        e2e.rate, e2e.p50, e2e.p99, e2e.archived_p50, e2e.archived_p99
+        "[3/4] end to end: ingest → Kafka → counter (Redis) + archiver (MongoDB), tracing off, and\n\
+         [4/4] the same with tracing on (100 % sampling, OTLP to {}), alternated over {} rounds…",
+        args.otlp_endpoint, args.rounds
     );
-    println!("      lost {}, double-counted {}", e2e.lost, e2e.double_counted);
-    println!("      CPU-µs per tweet:");
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for round in 1..=args.rounds {
+        for otlp in [None, Some(args.otlp_endpoint.as_str())] {
+            let run_id = format!(
+                "bench-e2e-{}-{round}-{}",
+                std::process::id(),
+                if otlp.is_some() { "on" } else { "off" }
+            );
+            let pipeline = RunnerProcess::start(&options, &run_id, true, otlp).await?;
+            let run = end_to_end(&pipeline, &args).await;
+            pipeline.stop().await;
+            let run = run?;
+            println!(
+                "      round {round}, tracing {:<3}: {:.0} tweets/s accepted → counted, p50 {:.1} ms, p99 {:.1} ms; \
+                 archived p50 {:.0} ms, p99 {:.0} ms; lost {}, double-counted {}",
+                if otlp.is_some() { "on" } else { "off" },
+                run.rate,
+                run.p50,
+                run.p99,
+                run.archived_p50,
+                run.archived_p99,
+                run.lost,
+                run.double_counted
+            );
+            if otlp.is_some() { on.push(run) } else { off.push(run) }
+        }
+    }
+    let mean = |runs: &[EndToEnd]| runs.iter().map(|r| r.rate).sum::<f64>() / runs.len() as f64;
+    let (rate_off, rate_on) = (mean(&off), mean(&on));
+    let tracing_cost = 1.0 - rate_on / rate_off;
+    println!(
+        "      mean {rate_off:.0} tweets/s off, {rate_on:.0} on: tracing costs {:.1} % of the throughput",
+        100.0 * tracing_cost
+    );
+    let e2e = &off[0];
+    println!("      CPU-µs per tweet (round 1, tracing off):");
     for (process, us) in &e2e.cpu {
         println!("        {process:<10} {us:>8.1}");
     }
-
-    println!("[4/4] the same with tracing on (100 % sampling, OTLP to {})…", args.otlp_endpoint);
-    let run_id = format!("bench-traced-{}", std::process::id());
-    let traced = RunnerProcess::start(&options, &run_id, true, Some(&args.otlp_endpoint)).await?;
-    let with_tracing = end_to_end(&traced, &args).await;
-    traced.stop().await;
-    let with_tracing = with_tracing?;
-    let tracing_cost = 1.0 - with_tracing.rate / e2e.rate;
-    println!(
-        "      {:.0} tweets/s, p99 {:.1} ms: tracing costs {:.1} % of the throughput; lost {}, double-counted {}",
-        with_tracing.rate,
-        with_tracing.p99,
-        100.0 * tracing_cost,
-        with_tracing.lost,
-        with_tracing.double_counted
-    );
 
     let report = Report {
         machine,
@@ -150,17 +169,17 @@ pub async fn run(options: Options, args: BenchArgs) -> anyhow::Result<Report> {
         ingest_ratio_to_raw: ingest_rate / raw,
         ingest_p50_ms: load.p(0.5),
         ingest_p99_ms: load.p(0.99),
-        end_to_end_per_s: e2e.rate,
+        end_to_end_per_s: rate_off,
         end_to_end_p50_ms: e2e.p50,
         end_to_end_p99_ms: e2e.p99,
         archived_p50_ms: e2e.archived_p50,
         archived_p99_ms: e2e.archived_p99,
-        lost: e2e.lost + with_tracing.lost,
-        double_counted: e2e.double_counted + with_tracing.double_counted,
-        end_to_end_traced_per_s: with_tracing.rate,
-        end_to_end_traced_p99_ms: with_tracing.p99,
+        lost: off.iter().chain(&on).map(|r| r.lost).sum(),
+        double_counted: off.iter().chain(&on).map(|r| r.double_counted).sum(),
+        end_to_end_traced_per_s: rate_on,
+        end_to_end_traced_p99_ms: on[0].p99,
         tracing_cost,
-        cpu_us_per_tweet: e2e.cpu,
+        cpu_us_per_tweet: e2e.cpu.clone(),
     };
     let path = args.out.join("bench.json");
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
