@@ -2,7 +2,7 @@
 //! machine, each against a baseline from the same run.
 //!
 //! 1. Baseline: the raw rdkafka producer rate — tweet events written straight to Kafka with the
-//!    producer's own settings (idempotent, acks=all, linger 5 ms).
+//!    producer's own settings (idempotent, acks=all, linger 5 ms), after an untimed warm-up run.
 //! 2. ingest → Kafka: tweets/s accepted (202) by ingest with producer behind it, the
 //!    KafkaSources not running; and its ratio to the baseline.
 //! 3. End to end: the whole pipeline under the same load; tweets/s from the first acceptance to
@@ -61,7 +61,7 @@ pub struct BenchArgs {
     /// OTLP endpoint for the traced phase (the stack's Jaeger).
     #[arg(long, env = "BENCH_OTLP_ENDPOINT", default_value = "http://127.0.0.1:4317")]
     pub otlp_endpoint: String,
-    /// The stack's folder, for the pids of Kafka, Redis and FerretDB.
+    /// The stack's folder, for the pids of Kafka, Redis, FerretDB and Jaeger.
     #[arg(long, env = "STACK_DIR", default_value = ".stack")]
     pub stack_dir: PathBuf,
 }
@@ -87,6 +87,11 @@ pub struct Report {
     pub end_to_end_traced_p99_ms: f64,
     /// 1 − traced / untraced end-to-end throughput.
     pub tracing_cost: f64,
+    /// CPU-µs per tweet of the four functions and the runner together, mean over the rounds.
+    pub functions_cpu_us_per_tweet_untraced: f64,
+    pub functions_cpu_us_per_tweet_traced: f64,
+    /// The trace backend's CPU-µs per tweet while tracing, on the same machine.
+    pub jaeger_cpu_us_per_tweet: f64,
     /// Process → CPU microseconds per tweet during the end-to-end phase.
     pub cpu_us_per_tweet: BTreeMap<String, f64>,
 }
@@ -98,6 +103,8 @@ pub async fn run(options: Options, args: BenchArgs) -> anyhow::Result<Report> {
 
     anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
     println!("[1/4] raw rdkafka producer (baseline)…");
+    // A broker just started runs interpreted Java for a while: warm it up, untimed, first.
+    raw_producer(&options, &args).await?;
     let raw = raw_producer(&options, &args).await?;
     println!("      {raw:.0} records/s");
 
@@ -150,9 +157,24 @@ pub async fn run(options: Options, args: BenchArgs) -> anyhow::Result<Report> {
     let mean = |runs: &[EndToEnd]| runs.iter().map(|r| r.rate).sum::<f64>() / runs.len() as f64;
     let (rate_off, rate_on) = (mean(&off), mean(&on));
     let tracing_cost = 1.0 - rate_on / rate_off;
+    // CPU time varies less than throughput between runs: the functions' and runner's CPU per tweet.
+    let ours = |runs: &[EndToEnd]| {
+        let total: f64 = runs
+            .iter()
+            .flat_map(|r| r.cpu.iter())
+            .filter(|(p, _)| ["ingest", "producer", "counter", "archiver", "runner"].contains(&p.as_str()))
+            .map(|(_, us)| us)
+            .sum();
+        total / runs.len() as f64
+    };
+    let (cpu_off, cpu_on) = (ours(&off), ours(&on));
+    let jaeger = on.iter().filter_map(|r| r.cpu.get("jaeger")).sum::<f64>() / on.len() as f64;
     println!(
-        "      mean {rate_off:.0} tweets/s off, {rate_on:.0} on: tracing costs {:.1} % of the throughput",
-        100.0 * tracing_cost
+        "      mean {rate_off:.0} tweets/s off, {rate_on:.0} on: tracing costs {:.1} % of the throughput; \
+         functions + runner use {cpu_off:.0} CPU-µs per tweet off, {cpu_on:.0} on (+{:.1} %), \
+         and Jaeger {jaeger:.0} on the same two cores",
+        100.0 * tracing_cost,
+        100.0 * (cpu_on / cpu_off - 1.0)
     );
     let e2e = &off[0];
     println!("      CPU-µs per tweet (round 1, tracing off):");
@@ -179,6 +201,9 @@ pub async fn run(options: Options, args: BenchArgs) -> anyhow::Result<Report> {
         end_to_end_traced_per_s: rate_on,
         end_to_end_traced_p99_ms: on[0].p99,
         tracing_cost,
+        functions_cpu_us_per_tweet_untraced: cpu_off,
+        functions_cpu_us_per_tweet_traced: cpu_on,
+        jaeger_cpu_us_per_tweet: jaeger,
         cpu_us_per_tweet: e2e.cpu.clone(),
     };
     let path = args.out.join("bench.json");
@@ -430,7 +455,7 @@ struct EndToEnd {
 async fn end_to_end(pipeline: &RunnerProcess, args: &BenchArgs) -> anyhow::Result<EndToEnd> {
     let options = &pipeline.options;
     let mut pids = pipeline.pids();
-    for service in ["kafka", "redis", "ferretdb"] {
+    for service in ["kafka", "redis", "ferretdb", "jaeger"] {
         if let Some(pid) = std::fs::read_to_string(args.stack_dir.join("run").join(format!("{service}.pid")))
             .ok()
             .and_then(|p| p.trim().parse().ok())

@@ -3,6 +3,7 @@
 //!
 //! - **Logs**: structured, JSON when stderr is not a terminal, filtered by `RUST_LOG` (default
 //!   `info`); every line inside a request carries the `trace_id` and `span_id` of its server span.
+//!   `RUST_LOG` filters logs only: spans are kept at `info` whatever it says.
 //! - **Traces**: OpenTelemetry spans through `tracing-opentelemetry`, exported in batches over OTLP
 //!   (gRPC) when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is set and
 //!   `OTEL_SDK_DISABLED` is not `true`; the SDK reads the other `OTEL_*` variables itself
@@ -25,7 +26,7 @@ use opentelemetry_sdk::{
 use std::io::IsTerminal;
 use tracing::{Instrument, Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// Flushes and shuts the trace exporter down when dropped (at the end of `main`).
 pub struct Guard(SdkTracerProvider);
@@ -48,23 +49,24 @@ pub fn exporting() -> bool {
 /// Installs logging, tracing and the W3C propagator; call first thing in `main`.
 pub fn init(service: &'static str) -> Guard {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(
-            "info,h2=warn,hyper=warn,tonic=warn,tower=warn,opentelemetry=warn,opentelemetry_sdk=warn",
-        )
-    });
+    const QUIET: &str =
+        "h2=warn,hyper=warn,hyper_util=warn,tonic=warn,tower=warn,opentelemetry=warn,opentelemetry_sdk=warn";
+    // Logs follow RUST_LOG; spans do not, so `RUST_LOG=warn` keeps traces whole.
+    let logs = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("info,{QUIET}")));
+    let spans = EnvFilter::new(format!("info,{QUIET}"));
     let provider = provider(service);
-    let traces = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
-    let registry = tracing_subscriber::registry().with(filter).with(traces);
+    let traces = tracing_opentelemetry::layer().with_tracer(provider.tracer(service)).with_filter(spans);
+    let registry = tracing_subscriber::registry().with(traces);
     if std::io::stderr().is_terminal() {
-        registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init();
+        registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(logs)).init();
     } else {
         let json = tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(true)
-            .with_writer(std::io::stderr);
+            .with_writer(std::io::stderr)
+            .with_filter(logs);
         registry.with(json).init();
     }
     Guard(provider)

@@ -39,6 +39,8 @@ impl TracedRunner {
             .arg("up")
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
             .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            // Log levels must not thin out traces.
+            .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
