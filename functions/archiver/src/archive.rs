@@ -1,22 +1,38 @@
 //! The archive: one document per tweet in `weather.tweets`, `_id` = event id, so a redelivered
 //! event meets a duplicate-key error, which means "already archived".
+//!
+//! Inserts are committed in groups: requests that arrive while one `insertMany` is running wait
+//! for the next, which takes them all (up to [`MAX_BATCH`]) in one unordered `insertMany` — one
+//! SQLite transaction in FerretDB instead of one per tweet, and no added wait when traffic is
+//! light. Each request still learns its own outcome (inserted, duplicate or error) and answers
+//! 2xx only after its document is written.
 
 use common::event::Received;
 use mongodb::{
     Client, Collection,
     bson::{self, Document, doc},
-    error::{ErrorKind, WriteFailure},
+    error::{Error, ErrorKind},
     options::ClientOptions,
 };
-use std::{future::IntoFuture, time::Duration};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 /// MongoDB's duplicate-key error code.
 const DUPLICATE_KEY: i32 = 11000;
+/// Most documents in one `insertMany`.
+pub const MAX_BATCH: usize = 256;
 
 #[derive(Clone)]
 pub struct Archive {
-    tweets: Collection<Document>,
+    pending: mpsc::Sender<Pending>,
+    database: String,
+    collection: String,
+}
+
+struct Pending {
+    document: Document,
+    reply: oneshot::Sender<Result<Archived, Error>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,29 +50,57 @@ impl Archive {
         options.connect_timeout = Some(timeout);
         options.app_name = Some("archiver".into());
         let client = Client::with_options(options)?;
-        Ok(Archive { tweets: client.database(&config.database).collection(&config.collection) })
+        let tweets = client.database(&config.database).collection(&config.collection);
+        let (pending, queue) = mpsc::channel(MAX_BATCH * 4);
+        tokio::spawn(write_batches(tweets, queue));
+        Ok(Archive { pending, database: config.database.clone(), collection: config.collection.clone() })
     }
 
     pub async fn insert(&self, event: &Received) -> mongodb::error::Result<Archived> {
         let span = tracing::info_span!(
             "insert",
-            otel.name = %format!("insert {}", self.tweets.name()),
+            otel.name = %format!("insert {}", self.collection),
             otel.kind = "client",
             db.system.name = "mongodb",
-            db.namespace = %self.tweets.namespace().db,
-            db.collection.name = %self.tweets.name(),
+            db.namespace = %self.database,
+            db.collection.name = %self.collection,
             db.operation.name = "insert",
         );
-        match self.tweets.insert_one(document(event)).into_future().instrument(span).await {
-            Ok(_) => Ok(Archived::Inserted),
-            Err(e) if is_duplicate(&e) => Ok(Archived::Duplicate),
-            Err(e) => Err(e),
+        let (reply, outcome) = oneshot::channel();
+        let gone = || Error::custom("the archive's writer stopped");
+        async {
+            self.pending.send(Pending { document: document(event), reply }).await.map_err(|_| gone())?;
+            outcome.await.map_err(|_| gone())?
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// Writes waiting documents in groups until every [`Archive`] is dropped.
+async fn write_batches(tweets: Collection<Document>, mut queue: mpsc::Receiver<Pending>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let documents: Vec<&Document> = batch.iter().map(|p| &p.document).collect();
+        let result = tweets.insert_many(documents).ordered(false).await;
+        for (index, pending) in batch.drain(..).enumerate() {
+            let _ = pending.reply.send(outcome(&result, index));
         }
     }
 }
 
-fn is_duplicate(e: &mongodb::error::Error) -> bool {
-    matches!(&*e.kind, ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == DUPLICATE_KEY)
+/// What an unordered `insertMany` result means for the document at `index`.
+fn outcome<T>(result: &Result<T, Error>, index: usize) -> Result<Archived, Error> {
+    let Err(error) = result else { return Ok(Archived::Inserted) };
+    let ErrorKind::InsertMany(failure) = &*error.kind else { return Err(error.clone()) };
+    if failure.write_concern_error.is_some() {
+        return Err(error.clone());
+    }
+    match failure.write_errors.iter().flatten().find(|e| e.index == index) {
+        None => Ok(Archived::Inserted),
+        Some(e) if e.code == DUPLICATE_KEY => Ok(Archived::Duplicate),
+        Some(_) => Err(error.clone()),
+    }
 }
 
 /// The archived document: the tweet, its event time, its Kafka position and its trace id.

@@ -218,3 +218,25 @@ async fn unreachable_mongodb_is_503() {
         .expect("an answer, not a hang");
     assert_eq!((status, body), (StatusCode::SERVICE_UNAVAILABLE, json!({"error": "mongodb is unavailable"})));
 }
+
+/// Concurrent requests are written in groups; each still gets its own answer, and a duplicate
+/// inside a group is reported as one.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_events_are_archived_in_groups_each_exactly_once() {
+    let fixture = Fixture::new().await;
+    let tweet = r#"{"texto":"Llueve sin parar","pais":"Chile","clima":"lluvioso"}"#;
+    // 300 deliveries of 200 distinct events: every event id below 100 comes twice.
+    let ids: Vec<String> = (0..200).chain(0..100).map(|i| format!("group-{i}")).collect();
+    let answers = futures::future::join_all(
+        ids.iter().map(|id| send(&fixture.app, binary(id, TWEET_TYPE, tweet, &[]))),
+    )
+    .await;
+    let mut duplicates = 0;
+    for (status, body) in &answers {
+        assert_eq!(*status, StatusCode::OK, "{body}");
+        duplicates += usize::from(body["duplicate"] == json!(true));
+    }
+    assert_eq!(duplicates, 100, "each repeated id is a duplicate exactly once");
+    assert_eq!(fixture.documents().await.len(), 200);
+    fixture.drop_database().await;
+}
