@@ -35,8 +35,12 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Up => {
             let runner = Runner::start(cli.options).await?;
+            let mode = match runner.idle_period {
+                Some(idle) => format!("{}, idle period {} ms", runner.options.mode, idle.as_millis()),
+                None => runner.options.mode.to_string(),
+            };
             println!(
-                "Pipeline up: POST tweets to {}/input; Ctrl-C stops it.",
+                "Pipeline up ({mode}): POST tweets to {}/input; Ctrl-C stops it.",
                 runner.functions.url("ingest")
             );
             common::server::shutdown_signal().await;

@@ -1,6 +1,8 @@
 //! Reads the KafkaSources (and the KafkaSink that is their dead-letter sink) from the same
 //! `knative/` manifests that go to the cluster, so the local runner and Kubernetes cannot drift.
-//! Defaults are Knative's own (eventing-kafka-broker `kafka_defaults.go`, `source.go`).
+//! Defaults are Knative's own (eventing-kafka-broker `kafka_defaults.go`, `source.go`). The
+//! scaling annotations come from the same overlays (`knative/overlays/<mode>`) that
+//! `kubectl apply -k` takes.
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -219,6 +221,87 @@ fn read_dir(dir: &Path) -> anyhow::Result<Vec<(PathBuf, Resource)>> {
     Ok(resources)
 }
 
+/// How an overlay scales the Knative Services, from its strategic-merge patch's annotations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scaling {
+    /// `autoscaling.knative.dev/min-scale` (Knative's default 0).
+    pub min_scale: u32,
+    /// `autoscaling.knative.dev/scale-to-zero-pod-retention-period`, if the overlay sets it.
+    pub retention: Option<Duration>,
+}
+
+const MIN_SCALE: &str = "autoscaling.knative.dev/min-scale";
+const RETENTION: &str = "autoscaling.knative.dev/scale-to-zero-pod-retention-period";
+
+/// The scaling annotations that `kustomization` patches into every Knative Service (later
+/// patches win, as kustomize applies them in order).
+pub fn scaling(kustomization: &Path) -> anyhow::Result<Scaling> {
+    let text = std::fs::read_to_string(kustomization)
+        .with_context(|| format!("reading {}", kustomization.display()))?;
+    let doc: serde_json::Value =
+        serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", kustomization.display()))?;
+    let mut annotations = serde_json::Map::new();
+    for patch in doc.get("patches").and_then(|p| p.as_array()).into_iter().flatten() {
+        let Some(text) = patch.get("patch").and_then(|p| p.as_str()) else { continue };
+        let patch: serde_json::Value = serde_saphyr::from_str(text)
+            .with_context(|| format!("parsing a patch in {}", kustomization.display()))?;
+        let kind = patch.get("kind").or_else(|| patch.pointer("/target/kind")).and_then(|k| k.as_str());
+        if kind != Some("Service") {
+            continue;
+        }
+        if let Some(found) = patch.pointer("/spec/template/metadata/annotations").and_then(|a| a.as_object())
+        {
+            annotations.extend(found.clone());
+        }
+    }
+    let text_of = |key: &str| -> anyhow::Result<Option<String>> {
+        match annotations.get(key) {
+            None => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => bail!("{key} is {other}, not a string, in {}", kustomization.display()),
+        }
+    };
+    let min_scale = match text_of(MIN_SCALE)? {
+        None => 0,
+        Some(s) => s.parse().with_context(|| format!("{MIN_SCALE} {s:?} in {}", kustomization.display()))?,
+    };
+    let retention = text_of(RETENTION)?
+        .map(|s| go_duration(&s).with_context(|| format!("{RETENTION} in {}", kustomization.display())))
+        .transpose()?;
+    Ok(Scaling { min_scale, retention })
+}
+
+/// A Go duration as Knative's annotations write it (`30s`, `1m30s`, `500ms`, `0s`).
+pub fn go_duration(s: &str) -> anyhow::Result<Duration> {
+    let mut total = 0.0_f64;
+    let mut rest = s.trim();
+    if rest == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if rest.is_empty() {
+        bail!("duration {s:?} is empty");
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
+        let value: f64 =
+            rest[..digits].parse().with_context(|| format!("duration {s:?} has a bad number"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            other => bail!("duration {s:?} has an unknown unit {other:?}"),
+        };
+        total += value * unit;
+        rest = &rest[unit_len..];
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
 /// The time part of an ISO-8601 duration (`PT0.2S`, `PT1M30S`, `PT2H`), as Knative's delivery
 /// fields use it.
 pub fn iso8601(s: &str) -> anyhow::Result<Duration> {
@@ -286,6 +369,26 @@ mod tests {
             assert_eq!(s.delivery.dead_letter_topic.as_deref(), Some("messages-dlq"));
             assert!(s.delivery.retry > 0);
         }
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(go_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(go_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(go_duration("1500ms").unwrap(), Duration::from_millis(1500));
+        assert_eq!(go_duration("0").unwrap(), Duration::ZERO);
+        for bad in ["", "30", "s", "3d", "x1s"] {
+            assert!(go_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reads_the_project_overlays() {
+        let overlays = Path::new(env!("CARGO_MANIFEST_DIR")).join("../knative/overlays");
+        let on = scaling(&overlays.join("always-on/kustomization.yaml")).unwrap();
+        assert_eq!(on, Scaling { min_scale: 1, retention: None });
+        let zero = scaling(&overlays.join("scale-to-zero/kustomization.yaml")).unwrap();
+        assert_eq!(zero, Scaling { min_scale: 0, retention: Some(Duration::from_secs(30)) });
     }
 
     #[test]

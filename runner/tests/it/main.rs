@@ -2,7 +2,9 @@
 //! posted to ingest must be counted and archived exactly once, whatever happens on the way.
 //! Each test isolates itself with its own run id (topics, consumer groups, key prefix,
 //! database) and its own ports; the function binaries come from `cargo build --workspace`.
+//! `scale.rs` runs the same pipeline behind the scale-to-zero activator.
 
+mod scale;
 mod traces;
 
 use futures::{StreamExt, stream};
@@ -51,6 +53,10 @@ fn options() -> Options {
         run_id: Some(run_id),
         deliveries: 1,
         no_sources: false,
+        mode: runner::Mode::AlwaysOn,
+        overlays: root.join("knative/overlays"),
+        idle_period_ms: None,
+        events: None,
     }
 }
 
@@ -182,7 +188,7 @@ async fn every_event_delivered_twice_still_counts_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn counter_killed_mid_burst_loses_and_doubles_nothing() {
-    let mut runner = Runner::start(options()).await.expect("runner starts");
+    let runner = Runner::start(options()).await.expect("runner starts");
     post(&runner, 0..100).await;
     runner.functions.kill("counter").await.unwrap();
     post(&runner, 100..200).await;

@@ -34,6 +34,8 @@ impl TracedRunner {
             ])
             .arg("--manifests")
             .arg(&options.manifests)
+            .arg("--overlays")
+            .arg(&options.overlays)
             .arg("--log-dir")
             .arg(&options.log_dir)
             .arg("up")

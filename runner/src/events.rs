@@ -1,0 +1,157 @@
+//! Scaling events — a function process started, became ready, stopped, and requests that waited
+//! for a start — kept in memory (for tests) and appended as JSON lines to `--events`, one flushed
+//! line per event, so the energy report can read them after (or during) a run.
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::{
+    fs::File,
+    io::Write,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+/// One line of the events file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScaleEvent {
+    /// When the event was recorded, unix epoch milliseconds. For `cold_start` that is when the
+    /// function's response headers went out, so the request arrived `latency_ms` earlier.
+    pub t_ms: u64,
+    pub event: EventKind,
+    pub function: String,
+    /// The function's process id (`start`, `ready`, `stop`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// `ready`: process exec → readiness probe answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_ms: Option<f64>,
+    /// `cold_start`: request arrival at the runner → the function's response headers sent on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The process was executed.
+    Start,
+    /// Its readiness probe answered.
+    Ready,
+    /// It exited after SIGTERM.
+    Stop,
+    /// A request that had to wait for a start (every request held while the process started).
+    ColdStart,
+}
+
+/// The recorder; clones share one log.
+#[derive(Clone, Default)]
+pub struct Events {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    events: Vec<ScaleEvent>,
+    file: Option<(PathBuf, File)>,
+    write_failed: bool,
+}
+
+impl Events {
+    /// Records in memory and, with a path, to that file (created or truncated).
+    pub fn new(path: Option<&Path>) -> anyhow::Result<Events> {
+        let file = match path {
+            None => None,
+            Some(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                }
+                let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+                Some((path.to_path_buf(), file))
+            }
+        };
+        Ok(Events { inner: Arc::new(Mutex::new(Inner { file, ..Inner::default() })) })
+    }
+
+    pub fn start(&self, function: &str, pid: Option<u32>) {
+        self.record(ScaleEvent { pid, ..event(EventKind::Start, function) });
+    }
+
+    pub fn ready(&self, function: &str, pid: Option<u32>, took: Duration) {
+        self.record(ScaleEvent { pid, ready_ms: Some(ms(took)), ..event(EventKind::Ready, function) });
+    }
+
+    pub fn stop(&self, function: &str, pid: Option<u32>) {
+        self.record(ScaleEvent { pid, ..event(EventKind::Stop, function) });
+    }
+
+    pub fn cold_start(&self, function: &str, latency: Duration) {
+        self.record(ScaleEvent { latency_ms: Some(ms(latency)), ..event(EventKind::ColdStart, function) });
+    }
+
+    /// Every event so far, in order.
+    pub fn all(&self) -> Vec<ScaleEvent> {
+        self.inner.lock().expect("events lock").events.clone()
+    }
+
+    fn record(&self, event: ScaleEvent) {
+        let mut guard = self.inner.lock().expect("events lock");
+        let inner = &mut *guard;
+        if let Some((path, file)) = &mut inner.file {
+            let mut line = serde_json::to_vec(&event).expect("an event serialises");
+            line.push(b'\n');
+            // One write per line on an unbuffered file: a reader never sees half a line.
+            if let Err(e) = file.write_all(&line).and_then(|()| file.flush()) {
+                if !inner.write_failed {
+                    tracing::warn!(path = %path.display(), error = %e, "Writing scaling events failed");
+                }
+                inner.write_failed = true;
+            }
+        }
+        inner.events.push(event);
+    }
+}
+
+fn event(event: EventKind, function: &str) -> ScaleEvent {
+    let t_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    ScaleEvent { t_ms, event, function: function.to_owned(), pid: None, ready_ms: None, latency_ms: None }
+}
+
+/// Milliseconds with microsecond resolution.
+fn ms(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_json_lines_in_memory_and_on_disk() {
+        let path = std::env::temp_dir().join(format!("events-{}/e.jsonl", uuid::Uuid::new_v4()));
+        let events = Events::new(Some(&path)).unwrap();
+        events.start("ingest", Some(42));
+        events.ready("ingest", Some(42), Duration::from_micros(12_345));
+        events.cold_start("ingest", Duration::from_millis(20));
+        events.stop("ingest", Some(42));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[0]["event"], "start");
+        assert_eq!(lines[0]["pid"], 42);
+        assert!(lines[0].get("ready_ms").is_none());
+        assert_eq!(lines[1]["ready_ms"], 12.345);
+        assert_eq!(lines[2]["event"], "cold_start");
+        assert_eq!(lines[2]["latency_ms"], 20.0);
+        assert!(lines[2].get("pid").is_none());
+        assert_eq!(lines[3]["event"], "stop");
+        assert!(
+            lines
+                .iter()
+                .all(|l| l["function"] == "ingest" && l["t_ms"].as_u64().unwrap() > 1_600_000_000_000)
+        );
+        let parsed: Vec<ScaleEvent> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(parsed, events.all());
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+}

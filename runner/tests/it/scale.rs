@@ -1,0 +1,165 @@
+//! The two modes of the energy experiment: scale-to-zero (the activator starts a function on its
+//! first request, holds it until ready, stops the function when idle) and always-on (every
+//! function runs the whole time), with their scaling events.
+
+use crate::{assert_exact, clean, options, post};
+use runner::{
+    Mode, Options, Runner,
+    events::{EventKind, ScaleEvent},
+    functions::NAMES,
+};
+use std::{
+    path::Path,
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+const IDLE_MS: u64 = 2_000;
+
+fn mode_options(mode: Mode) -> Options {
+    let options = options();
+    let events = options.log_dir.join("events.jsonl");
+    Options { mode, idle_period_ms: Some(IDLE_MS), events: Some(events), ..options }
+}
+
+/// Function processes of this test's run alive on the machine, found in `/proc` (whatever the
+/// runner believes): one of our binaries with this run's topic in its environment.
+fn our_processes(options: &Options) -> Vec<(u32, String)> {
+    let bin_dir = options.bin_dir.clone().unwrap();
+    let topic = format!("KAFKA_TOPIC={}", options.topic("messages"));
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let argv0 =
+            String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap_or_default()).into_owned();
+        let Some(name) = NAMES.into_iter().find(|n| Path::new(&argv0) == bin_dir.join(n)) else { continue };
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        if environ.split(|b| *b == 0).any(|var| var == topic.as_bytes()) {
+            found.push((pid, name.to_owned()));
+        }
+    }
+    found
+}
+
+fn of(events: &[ScaleEvent], kind: EventKind, function: &str) -> Vec<ScaleEvent> {
+    events.iter().filter(|e| e.event == kind && e.function == function).cloned().collect()
+}
+
+/// The events file holds exactly what the runner kept in memory.
+fn assert_file_matches(options: &Options, events: &[ScaleEvent]) {
+    let text = std::fs::read_to_string(options.events.as_ref().unwrap()).unwrap();
+    let from_file: Vec<ScaleEvent> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect();
+    assert_eq!(from_file, events);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scale_to_zero_starts_on_demand_and_stops_when_idle() {
+    let options = mode_options(Mode::ScaleToZero);
+    let runner = Runner::start(options.clone()).await.expect("runner starts");
+    assert_eq!(runner.idle_period, Some(Duration::from_millis(IDLE_MS)));
+
+    // (a) Nothing runs before the first request.
+    assert!(runner.running_functions().is_empty(), "{:?}", runner.running_functions());
+    assert!(our_processes(&options).is_empty(), "{:?}", our_processes(&options));
+
+    // (b) The first requests are held until ingest (then producer, then the sinks) is ready.
+    post(&runner, 0..50).await;
+    assert_exact(&runner, 50).await;
+    let first = runner.events();
+    for name in NAMES {
+        assert_eq!(of(&first, EventKind::Start, name).len(), 1, "{name} started once: {first:#?}");
+        assert!(!of(&first, EventKind::ColdStart, name).is_empty(), "{name}: a request waited for it");
+    }
+
+    // (c) Idle for the idle period: every process is stopped, and really gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !runner.running_functions().is_empty() || !our_processes(&options).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "still running 10 s after the burst: {:?}, in /proc {:?}",
+            runner.running_functions(),
+            our_processes(&options)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gap = runner.events();
+    for name in NAMES {
+        let stops = of(&gap, EventKind::Stop, name);
+        assert_eq!(stops.len(), 1, "{name} stopped once");
+        assert_eq!(stops[0].pid, of(&gap, EventKind::Start, name)[0].pid, "{name}: the process it started");
+    }
+
+    // (d) After the gap every function cold-starts again, and nothing is lost.
+    post(&runner, 50..100).await;
+    assert_exact(&runner, 100).await;
+    let all = runner.events();
+    let after = &all[gap.len()..];
+    for name in NAMES {
+        let cold = of(after, EventKind::ColdStart, name);
+        assert!(!cold.is_empty(), "{name}: no cold start after the gap: {after:#?}");
+        assert!(cold.iter().all(|e| e.latency_ms.is_some_and(|ms| ms > 0.0)), "{name}: {cold:?}");
+        let ready = of(after, EventKind::Ready, name);
+        assert_eq!(ready.len(), 1, "{name} started once after the gap");
+        assert!(ready[0].ready_ms.is_some_and(|ms| ms > 0.0), "{ready:?}");
+        // A request waits at least as long as the start it waited for.
+        let slowest = cold.iter().filter_map(|e| e.latency_ms).fold(0.0, f64::max);
+        assert!(slowest >= ready[0].ready_ms.unwrap(), "{name}: {cold:?} vs {ready:?}");
+    }
+    assert_file_matches(&options, &all);
+
+    clean(&runner.options).await;
+    runner.stop().await;
+    assert!(our_processes(&options).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn always_on_keeps_every_function_running_and_has_no_cold_start() {
+    let options = mode_options(Mode::AlwaysOn);
+    let runner = Runner::start(options.clone()).await.expect("runner starts");
+    assert_eq!(runner.idle_period, None, "always-on ignores the idle period");
+    assert_eq!(runner.running_functions().len(), 4);
+    let pids: Vec<u32> =
+        runner.events().iter().filter(|e| e.event == EventKind::Start).filter_map(|e| e.pid).collect();
+    assert_eq!(pids.len(), 4);
+
+    // Watch the processes while tweets flow and for twice the idle period after.
+    let done = AtomicBool::new(false);
+    let fewest = AtomicUsize::new(usize::MAX);
+    let watch = async {
+        while !done.load(Ordering::Relaxed) {
+            fewest.fetch_min(runner.running_functions().len(), Ordering::Relaxed);
+            fewest.fetch_min(our_processes(&options).len(), Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let work = async {
+        post(&runner, 0..50).await;
+        assert_exact(&runner, 50).await;
+        tokio::time::sleep(Duration::from_millis(2 * IDLE_MS)).await;
+        done.store(true, Ordering::Relaxed);
+    };
+    tokio::join!(watch, work);
+    assert_eq!(fewest.load(Ordering::Relaxed), 4, "a function was not running at some point");
+
+    let events = runner.events();
+    assert!(events.iter().all(|e| e.event != EventKind::ColdStart), "{events:#?}");
+    assert_eq!(events.iter().filter(|e| e.event == EventKind::Start).count(), 4, "no restart");
+    for name in NAMES {
+        assert!(of(&events, EventKind::Ready, name)[0].ready_ms.is_some_and(|ms| ms > 0.0));
+    }
+    clean(&runner.options).await;
+    runner.stop().await;
+    let events = std::fs::read_to_string(options.events.as_ref().unwrap()).unwrap();
+    let stops: Vec<ScaleEvent> = events
+        .lines()
+        .map(|l| serde_json::from_str::<ScaleEvent>(l).unwrap())
+        .filter(|e| e.event == EventKind::Stop)
+        .collect();
+    let mut stopped: Vec<u32> = stops.iter().filter_map(|e| e.pid).collect();
+    let mut started = pids;
+    stopped.sort();
+    started.sort();
+    assert_eq!(stopped, started, "the same four processes stopped at the end");
+}
