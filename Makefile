@@ -27,6 +27,7 @@ check:
 	knative/validate
 	bash grafana/validate.sh
 	CARGO=$(CARGO) images/check
+	$(VENV)/bin/python -m pytest -q -m experiment loadtest/energy
 	$(VENV)/bin/python -m pytest -q loadtest knative
 
 ## bench: raw Kafka producer rate, ingest→Kafka and end-to-end figures (target/bench/bench.json)
@@ -34,6 +35,13 @@ bench:
 	dev/stack up
 	$(CARGO) build --release --workspace --bins
 	target/release/runner bench
+
+.PHONY: energy
+## energy: scale-to-zero vs always-on under Locust bursts; report in target/energy (ENERGY_ARGS="--users 40 …")
+energy: $(LOCUST)
+	dev/stack up
+	$(CARGO) build --release --workspace --bins
+	$(VENV)/bin/python -m loadtest.energy run $(ENERGY_ARGS)
 
 .PHONY: images images-check
 ## images: build the four function images with docker, podman or else buildah (weather-tweets/<name>:0.1.0)

@@ -1,0 +1,325 @@
+"""From samples to figures: CPU-time deltas per component, machine energy (RAPL or a linear power
+model), Kepler-style attribution by CPU-time share, CO2e, and one mode's result as a JSON-ready dict.
+
+CPU seconds are measured facts (``/proc``). Joules are estimates: RAPL counts the CPU package
+only, and the model is a published average, not this machine.
+
+**Attribution** (as Kepler 0.10+ does for pods): each interval's machine energy is split into an
+idle part and a dynamic part. With the model the idle part is the power at 0 % utilisation
+(``n_vcpu × idle_w × PUE``); with RAPL it is ``energy × (1 − utilisation)`` (Kepler's node
+active/idle split). The dynamic part goes to each component by its share of the machine's busy
+CPU time in that interval; what no tracked process used (the kernel, other processes) is
+``other``. The idle part is **not** attributed to components: it is reported as its own row,
+``idle (machine)``, paid whether or not anything runs — so a component's joules are what running
+it added, and the total is the whole machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# Cloud Carbon Footprint's per-vCPU coefficients for GCP (median over its microarchitectures)
+# and GCP's PUE, from https://www.cloudcarbonfootprint.org/docs/methodology/ ("Energy
+# Estimate (Watt-Hours)", compute: Min Watts 0.71, Max Watts 4.26; PUE 1.1).
+CCF_SOURCE = "Cloud Carbon Footprint methodology, GCP coefficients (https://www.cloudcarbonfootprint.org/docs/methodology/)"
+IDLE_W_PER_VCPU = 0.71
+MAX_W_PER_VCPU = 4.26
+PUE = 1.1
+# World average lifecycle intensity of electricity generation in 2023: 481 gCO2e/kWh, Ember,
+# Global Electricity Review 2024 (https://ember-climate.org/insights/research/global-electricity-review-2024/).
+GRID_G_PER_KWH = 481.0
+GRID_SOURCE = "Ember, Global Electricity Review 2024: world average 2023 (https://ember-climate.org/insights/research/global-electricity-review-2024/)"
+
+FUNCTIONS = ("ingest", "producer", "counter", "archiver")
+INFRASTRUCTURE = ("runner", "kafka", "redis", "ferretdb", "jaeger")
+HARNESS = ("locust", "sampler")
+OTHER = "other"
+IDLE = "idle (machine)"
+COMPONENTS = FUNCTIONS + INFRASTRUCTURE + HARNESS + (OTHER,)
+
+
+@dataclass(frozen=True)
+class PowerModel:
+    """P = n_vcpu × (idle_w + (max_w − idle_w) × utilisation) × PUE, in watts."""
+
+    idle_w: float = IDLE_W_PER_VCPU
+    max_w: float = MAX_W_PER_VCPU
+    pue: float = PUE
+
+    def power_w(self, ncpu: int, utilisation: float) -> float:
+        return ncpu * (self.idle_w + (self.max_w - self.idle_w) * utilisation) * self.pue
+
+    def split_j(self, ncpu: int, utilisation: float, seconds: float) -> tuple[float, float]:
+        """(idle joules, dynamic joules) over ``seconds`` at ``utilisation``."""
+        idle = ncpu * self.idle_w * self.pue * seconds
+        dynamic = ncpu * (self.max_w - self.idle_w) * utilisation * self.pue * seconds
+        return idle, dynamic
+
+
+def rapl_delta_uj(previous: int, current: int, max_range: int) -> int:
+    """Energy between two readings of a RAPL counter, which wraps to 0 after ``max_range``."""
+    if current >= previous:
+        return current - previous
+    return current + max_range - previous
+
+
+@dataclass
+class Interval:
+    """What happened between two samples."""
+
+    t0: float
+    t1: float
+    ncpu: int
+    # CPU seconds the whole machine was busy (all CPUs together), and the machine's CPU seconds.
+    busy_s: float
+    capacity_s: float
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    # Function processes alive at the end of the interval.
+    processes: dict[str, int] = field(default_factory=dict)
+    # RAPL joules of every readable package, or None when no counter was readable.
+    rapl_j: float | None = None
+
+    @property
+    def dt(self) -> float:
+        return self.t1 - self.t0
+
+    @property
+    def utilisation(self) -> float:
+        return min(1.0, self.busy_s / self.capacity_s) if self.capacity_s > 0 else 0.0
+
+
+def cpu_deltas(samples: list[dict]) -> list[Interval]:
+    """CPU seconds per component between consecutive samples.
+
+    A process is known by (pid, start time), so a reused pid is a new process. One that appears
+    after the first sample is new: all its CPU time so far belongs to the interval it appeared
+    in. A process that exits between two samples loses what it used since the previous one
+    (at most one interval of an exiting function; the runner reaps it before we can read it).
+    """
+    intervals = []
+    for prev, cur in zip(samples, samples[1:]):
+        pm, cm = prev["machine"], cur["machine"]
+        tck = cm.get("clk_tck", 100)
+        busy = max(0, cm["busy"] - pm["busy"]) / tck
+        capacity = max(0, cm["total"] - pm["total"]) / tck
+        before = {(p["pid"], p["start_ticks"]): p["cpu_s"] for p in prev["procs"]}
+        cpu: dict[str, float] = {}
+        processes: dict[str, int] = {f: 0 for f in FUNCTIONS}
+        for p in cur["procs"]:
+            key = (p["pid"], p["start_ticks"])
+            used = p["cpu_s"] - before[key] if key in before else p["cpu_s"]
+            cpu[p["component"]] = cpu.get(p["component"], 0.0) + max(0.0, used)
+            if p["component"] in processes:
+                processes[p["component"]] += 1
+        rapl = None
+        if cur.get("rapl") and prev.get("rapl"):
+            zones = set(cur["rapl"]) & set(prev["rapl"])
+            if zones:
+                rapl = sum(
+                    rapl_delta_uj(prev["rapl"][z]["energy_uj"], cur["rapl"][z]["energy_uj"],
+                                  cur["rapl"][z]["max_energy_range_uj"])
+                    for z in zones
+                ) / 1e6
+        intervals.append(Interval(prev["t"], cur["t"], cm["ncpu"], busy, capacity, cpu, processes, rapl))
+    return intervals
+
+
+def interval_energy(interval: Interval, model: PowerModel, source: str) -> tuple[float, float]:
+    """(idle joules, dynamic joules) of one interval, from RAPL (× PUE) or from the model."""
+    if source == "rapl" and interval.rapl_j is not None:
+        total = interval.rapl_j * model.pue
+        return total * (1 - interval.utilisation), total * interval.utilisation
+    return model.split_j(interval.ncpu, interval.utilisation, interval.dt)
+
+
+def attribute(interval: Interval, dynamic_j: float) -> dict[str, float]:
+    """Dynamic joules per component by its share of the machine's busy CPU time; the rest is ``other``.
+
+    When the processes' deltas add up to more than the machine's (the two are read a few
+    microseconds apart), they are scaled down to the machine's busy time.
+    """
+    tracked = sum(interval.cpu_s.values())
+    busy = max(interval.busy_s, tracked)
+    if busy <= 0:
+        return {OTHER: dynamic_j} if dynamic_j else {}
+    out = {c: dynamic_j * s / busy for c, s in interval.cpu_s.items()}
+    out[OTHER] = out.get(OTHER, 0.0) + dynamic_j * (busy - tracked) / busy
+    return out
+
+
+def clip(interval: Interval, start: float, end: float) -> float:
+    """The share of ``interval`` inside [start, end]."""
+    overlap = min(interval.t1, end) - max(interval.t0, start)
+    return max(0.0, overlap) / interval.dt if interval.dt > 0 else 0.0
+
+
+def energy_source(intervals: list[Interval]) -> str:
+    return "rapl" if intervals and all(i.rapl_j is not None for i in intervals) else "model"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The load's shape, to tell burst time from idle time."""
+
+    load_start: float
+    bursts: int
+    burst_seconds: float
+    gap_seconds: float
+
+    def bursts_at(self) -> list[tuple[float, float]]:
+        period = self.burst_seconds + self.gap_seconds
+        return [(self.load_start + k * period, self.load_start + k * period + self.burst_seconds)
+                for k in range(self.bursts)]
+
+    @property
+    def load_end(self) -> float:
+        return self.load_start + self.bursts * self.burst_seconds + max(0, self.bursts - 1) * self.gap_seconds
+
+
+def percentile(response_times: dict[float, int], q: float) -> float | None:
+    """The q-quantile of Locust's ``{ms: count}`` histogram."""
+    total = sum(response_times.values())
+    if total == 0:
+        return None
+    rank = q * total
+    seen = 0
+    for ms in sorted(response_times):
+        seen += response_times[ms]
+        if seen >= rank:
+            return float(ms)
+    return float(max(response_times))
+
+
+def locust_stats(path: Path) -> dict:
+    """Accepted and failed requests and the latency histogram from Locust's ``--json-file``."""
+    entries = json.loads(Path(path).read_text())
+    requests = sum(e["num_requests"] for e in entries)
+    failures = sum(e["num_failures"] for e in entries)
+    hist: dict[float, int] = {}
+    for e in entries:
+        for ms, n in e["response_times"].items():
+            hist[float(ms)] = hist.get(float(ms), 0) + n
+    return {"requests": requests, "accepted": requests - failures, "failed": failures,
+            "p50_ms": percentile(hist, 0.50), "p99_ms": percentile(hist, 0.99)}
+
+
+def locust_history(path: Path) -> list[dict]:
+    """Users and requests/s over time from Locust's ``--csv`` ``_stats_history.csv`` (aggregated rows)."""
+    rows = []
+    if not Path(path).exists():
+        return rows
+    with Path(path).open() as f:
+        for row in csv.DictReader(f):
+            if row.get("Name") != "Aggregated":
+                continue
+            rows.append({"t": float(row["Timestamp"]), "users": int(float(row["User Count"])),
+                         "rps": float(row["Requests/s"] or 0)})
+    return rows
+
+
+def read_events(path: Path) -> list[dict]:
+    if not Path(path).exists():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def analyse_mode(
+    mode: str,
+    samples: list[dict],
+    plan: Plan,
+    window: tuple[float, float],
+    model: PowerModel,
+    grid_g_per_kwh: float = GRID_G_PER_KWH,
+    events: list[dict] | None = None,
+    locust: dict | None = None,
+    history: list[dict] | None = None,
+    counts: dict | None = None,
+    idle_settle_s: float = 0.0,
+) -> dict:
+    """One mode's figures over ``window`` (unix seconds): what the report shows, JSON-ready.
+
+    Idle power is the mean power over the window's intervals that overlap no burst (nor the
+    ``idle_settle_s`` after one: in-flight deliveries and, in scale-to-zero, the idle period).
+    """
+    events = events or []
+    intervals = cpu_deltas(samples)
+    source = energy_source(intervals)
+    start, end = window
+    cpu: dict[str, float] = {}
+    energy: dict[str, float] = {}
+    idle_w_parts: dict[str, float] = {}
+    idle_seconds = 0.0
+    series = {"t": [], "power_w": [], "utilisation": [], "component_w": {c: [] for c in COMPONENTS + (IDLE,)}}
+    busy_windows = [(b0, b1 + idle_settle_s) for b0, b1 in plan.bursts_at()]
+    for iv in intervals:
+        share = clip(iv, start, end)
+        if share <= 0:
+            continue
+        idle_j, dyn_j = interval_energy(iv, model, source)
+        parts = attribute(iv, dyn_j)
+        parts[IDLE] = idle_j
+        for c, s in iv.cpu_s.items():
+            cpu[c] = cpu.get(c, 0.0) + s * share
+        cpu["machine (busy)"] = cpu.get("machine (busy)", 0.0) + iv.busy_s * share
+        for c, j in parts.items():
+            energy[c] = energy.get(c, 0.0) + j * share
+        series["t"].append(iv.t1 - start)
+        series["power_w"].append((idle_j + dyn_j) / iv.dt)
+        series["utilisation"].append(iv.utilisation)
+        for c in series["component_w"]:
+            series["component_w"][c].append(parts.get(c, 0.0) / iv.dt)
+        if share == 1.0 and not any(iv.t0 < b1 and iv.t1 > b0 for b0, b1 in busy_windows):
+            idle_seconds += iv.dt
+            for c, j in parts.items():
+                idle_w_parts[c] = idle_w_parts.get(c, 0.0) + j
+    total_j = sum(energy.values())
+    processes = {"t": [s["t"] - start for s in samples if start <= s["t"] <= end]}
+    for f in FUNCTIONS:
+        processes[f] = [sum(1 for p in s["procs"] if p["component"] == f) for s in samples if start <= s["t"] <= end]
+    cold = [e for e in events if e.get("event") == "cold_start" and start <= e["t_ms"] / 1000 <= end + 600]
+    ready = [e for e in events if e.get("event") == "ready"]
+    accepted = (locust or {}).get("accepted")
+    burst_s = plan.bursts * plan.burst_seconds
+    pipeline = FUNCTIONS + INFRASTRUCTURE
+    result = {
+        "mode": mode,
+        "energy_source": source,
+        "window_unix_s": [start, end],
+        "duration_s": end - start,
+        "ncpu": intervals[0].ncpu if intervals else None,
+        "cpu_s": cpu,
+        "energy_j": energy,
+        "total_j": total_j,
+        "mean_power_w": total_j / (end - start) if end > start else None,
+        "co2e_g": total_j / 3.6e6 * grid_g_per_kwh,
+        "idle_power_w": sum(idle_w_parts.values()) / idle_seconds if idle_seconds else None,
+        "idle_component_w": {c: j / idle_seconds for c, j in idle_w_parts.items()} if idle_seconds else {},
+        "idle_seconds": idle_seconds,
+        "bursts_unix_s": plan.bursts_at(),
+        "series": series,
+        "processes": processes,
+        "function_process_seconds": {
+            f: sum(v for v in processes[f]) * (samples[1]["t"] - samples[0]["t"] if len(samples) > 1 else 0)
+            for f in FUNCTIONS
+        },
+        "load": [{"t": h["t"] - start, "users": h["users"], "rps": h["rps"]} for h in history or []],
+        "cold_starts": {
+            "count": len(cold),
+            "by_function": {f: sum(1 for e in cold if e.get("function") == f) for f in FUNCTIONS},
+            "latency_ms": [e["latency_ms"] for e in cold if e.get("latency_ms") is not None],
+            "times_s": [e["t_ms"] / 1000 - start for e in cold],
+            "ready_ms": [e["ready_ms"] for e in ready if e.get("ready_ms") is not None],
+        },
+        "locust": locust or {},
+        "tweets_per_s": accepted / burst_s if accepted is not None and burst_s else None,
+        "counts": counts or {},
+        "j_per_1000_tweets": total_j / accepted * 1000 if accepted else None,
+        "pipeline_j": sum(energy.get(c, 0.0) for c in pipeline),
+        "pipeline_j_per_1000_tweets": sum(energy.get(c, 0.0) for c in pipeline) / accepted * 1000 if accepted else None,
+        "model": asdict(model),
+        "grid_g_per_kwh": grid_g_per_kwh,
+    }
+    return result

@@ -1,0 +1,54 @@
+"""End to end: a short experiment in both modes on the real local stack (select with
+``-m experiment``; the stack must be up and the runner built — ``ENERGY_RUNNER``, default
+``target/debug/runner``). Two 10 s bursts with 20 s gaps and a 5 s idle period."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from .. import accounting, experiment
+from ..__main__ import main
+
+ROOT = Path(__file__).parents[3]
+
+
+@pytest.mark.experiment
+def test_short_experiment(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    runner = Path(os.environ.get("ENERGY_RUNNER", "target/debug/runner"))
+    # Not a skip: without the runner's modes this test must fail, and say why.
+    experiment.require_modes(runner)
+    out = tmp_path / "energy"
+    code = main(["run", "--runner", str(runner), "--out", str(out), "--run-id", "energy-test",
+                 "--base-port", "18280", "--users", "5", "--user-rps", "10", "--bursts", "2",
+                 "--burst-seconds", "10", "--gap-seconds", "20", "--idle-period-ms", "5000",
+                 "--pre-idle-seconds", "8", "--post-idle-seconds", "15"])
+    for name in ("report.md", "report.json", "processes.png", "power.png", "energy_components.png",
+                 "per_mode.png", "cold_starts.png"):
+        assert (out / name).stat().st_size > 0, name
+    figures = {m["mode"]: m for m in json.loads((out / "report.json").read_text())["modes"]}
+    for mode, r in figures.items():
+        c = r["counts"]
+        assert c["accepted"] > 0 and c["accepted"] == c["counted"] == c["archived"], (mode, c)
+    assert code == 0
+
+    s2z, always = figures["scale-to-zero"], figures["always-on"]
+    # During each gap, after the idle period (5 s) and a margin, no function process is running.
+    start = s2z["window_unix_s"][0]
+    gaps = [(b1 + 5 + 3, b1 + 20) for (_, b1) in s2z["bursts_unix_s"][:-1]]
+    gaps.append((s2z["bursts_unix_s"][-1][1] + 5 + 3, s2z["window_unix_s"][1]))
+    p = s2z["processes"]
+    in_gaps = [sum(p[f][i] for f in accounting.FUNCTIONS) for i, t in enumerate(p["t"])
+               if any(g0 <= t + start <= g1 for g0, g1 in gaps)]
+    assert in_gaps, "no sample fell in a gap"
+    assert sum(1 for n in in_gaps if n == 0) >= 0.8 * len(in_gaps), in_gaps
+    # Cold starts after the gaps: at least one per burst (the first request of each wakes ingest).
+    cold = s2z["cold_starts"]
+    assert cold["by_function"]["ingest"] >= 2, cold
+    for b0, _ in s2z["bursts_unix_s"]:
+        assert any(b0 - 2 <= t + start <= b0 + 10 for t in cold["times_s"]), (b0, cold["times_s"])
+    assert always["cold_starts"]["count"] == 0
+    assert all(sum(always["processes"][f][i] for f in accounting.FUNCTIONS) == 4
+               for i in range(len(always["processes"]["t"])))
