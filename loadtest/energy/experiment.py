@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import accounting, procfs
@@ -45,8 +45,9 @@ class Settings:
     interval: float = 1.0
     run_id: str = "energy"
     base_port: int = 18180
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    mongodb_uri: str = "mongodb://127.0.0.1:27017"
+    # The same variables the runner and the functions read.
+    redis_url: str = field(default_factory=lambda: os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    mongodb_uri: str = field(default_factory=lambda: os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017"))
     delivery_timeout_s: float = 180.0
 
 
