@@ -5,6 +5,9 @@ SHELL := bash
 VENV := .stack/venv
 LOCUST := $(VENV)/bin/locust
 CARGO ?= cargo
+# The stack's Jaeger (dev/stack reads the same variables).
+JAEGER_OTLP_PORT ?= 4317
+JAEGER_UI_PORT ?= 16686
 
 .PHONY: demo test check bench stack-up stack-down stack-status
 
@@ -12,7 +15,8 @@ CARGO ?= cargo
 demo: $(LOCUST)
 	dev/stack up
 	$(CARGO) build --release --workspace --bins
-	OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 target/release/runner demo
+	OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$(JAEGER_OTLP_PORT) JAEGER_URL=http://127.0.0.1:$(JAEGER_UI_PORT) \
+		target/release/runner demo
 
 ## test: install and start what the tests need, run every check, stop what was started
 test: $(LOCUST)
