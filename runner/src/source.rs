@@ -51,7 +51,6 @@ pub struct Source {
 pub struct Progress {
     /// Next offset to deliver, per (topic, partition): everything before it is done.
     next: Mutex<HashMap<(String, i32), i64>>,
-    pub delivered: AtomicU64,
     pub dead_lettered: AtomicU64,
 }
 
@@ -255,7 +254,6 @@ impl Dispatcher {
                 }
             }
         }
-        self.progress.delivered.fetch_add(1, Relaxed);
         Some((message.topic().to_owned(), message.partition(), message.offset()))
     }
 

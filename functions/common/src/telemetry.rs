@@ -136,13 +136,6 @@ pub fn continue_trace(span: &Span, parent: Context) {
     }
 }
 
-/// The trace id of the current span, if it is part of a trace.
-pub fn current_trace_id() -> Option<String> {
-    let context = Span::current().context();
-    let span_context = context.span().span_context().clone();
-    span_context.is_valid().then(|| span_context.trace_id().to_string())
-}
-
 /// Middleware: a server span per request (none for probes and `/metrics`), continuing the
 /// caller's trace from its `traceparent` header (gRPC metadata are HTTP/2 headers too).
 pub async fn server_span(request: Request, next: Next) -> Response {
