@@ -16,7 +16,7 @@ demo: $(LOCUST)
 	dev/stack up
 	$(CARGO) build --release --workspace --bins
 	OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$(JAEGER_OTLP_PORT) JAEGER_URL=http://127.0.0.1:$(JAEGER_UI_PORT) \
-		target/release/runner demo
+		target/release/tools demo
 
 ## test: install and start what the tests need, run every check, stop what was started
 test: $(LOCUST)
@@ -38,7 +38,7 @@ check:
 bench:
 	dev/stack up
 	$(CARGO) build --release --workspace --bins
-	target/release/runner bench
+	target/release/tools bench
 
 .PHONY: energy
 ## energy: scale-to-zero vs always-on under Locust bursts; report in target/energy (ENERGY_ARGS="--users 40 …")

@@ -54,8 +54,8 @@ impl Activator {
     ) -> anyhow::Result<Activator> {
         let (shutdown, stop) = watch::channel(false);
         let mut tasks = Vec::new();
-        for name in crate::functions::NAMES {
-            let port = functions.port(name);
+        for function in functions.all() {
+            let (name, port, http2) = (function.service.name.clone(), function.port, function.service.http2);
             let listener = match TcpListener::bind(("127.0.0.1", port)).await {
                 Ok(l) => l,
                 Err(e) => {
@@ -66,7 +66,7 @@ impl Activator {
                     return Err(e).with_context(|| format!("binding {name}'s port 127.0.0.1:{port}"));
                 }
             };
-            let gate = Arc::new(Gate::new(name, functions.clone(), events.clone(), idle));
+            let gate = Arc::new(Gate::new(name, http2, functions.clone(), events.clone(), idle));
             tasks.push(tokio::spawn(gate.clone().serve(listener, stop.clone())));
             tasks.push(tokio::spawn(gate.reap(stop.clone())));
         }
@@ -85,7 +85,7 @@ impl Activator {
 
 /// One function's activator: its process (if any) and the requests in flight to it.
 struct Gate {
-    name: &'static str,
+    name: String,
     functions: Arc<Functions>,
     events: Events,
     idle: Duration,
@@ -133,11 +133,10 @@ impl Drop for InFlight {
 }
 
 impl Gate {
-    fn new(name: &'static str, functions: Arc<Functions>, events: Events, idle: Duration) -> Gate {
+    /// `http2`: the function speaks HTTP/2 with prior knowledge (its port is named `h2c`).
+    fn new(name: String, http2: bool, functions: Arc<Functions>, events: Events, idle: Duration) -> Gate {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        // producer speaks gRPC over h2c (prior knowledge); the others HTTP/1.1.
-        let http2 = name == "producer";
         let client = Client::builder(TokioExecutor::new()).http2_only(http2).build(connector);
         Gate {
             name,
@@ -166,7 +165,7 @@ impl Gate {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
                     Err(e) => {
-                        tracing::warn!(function = self.name, error = %e, "Accepting a connection failed");
+                        tracing::warn!(function = %self.name, error = %e, "Accepting a connection failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -193,21 +192,21 @@ impl Gate {
         let (port, cold) = match self.backend(arrived).await {
             Ok(backend) => backend,
             Err(e) => {
-                tracing::error!(function = self.name, error = format!("{e:#}"), "Cold start failed");
+                tracing::error!(function = %self.name, error = format!("{e:#}"), "Cold start failed");
                 return Ok(answer(StatusCode::SERVICE_UNAVAILABLE, "function did not start"));
             }
         };
         let request = match self.outgoing(request, port) {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(function = self.name, error = %e, "Cannot proxy the request");
+                tracing::warn!(function = %self.name, error = %e, "Cannot proxy the request");
                 return Ok(answer(StatusCode::BAD_REQUEST, "cannot proxy this request"));
             }
         };
         match self.client.request(request).await {
             Ok(response) => {
                 if cold {
-                    self.events.cold_start(self.name, arrived.elapsed());
+                    self.events.cold_start(&self.name, arrived.elapsed());
                 }
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
@@ -220,7 +219,7 @@ impl Gate {
                 Ok(Response::from_parts(parts, body))
             }
             Err(e) => {
-                tracing::warn!(function = self.name, port, error = %e, "Proxying to the function failed");
+                tracing::warn!(function = %self.name, port, error = %e, "Proxying to the function failed");
                 Ok(answer(StatusCode::BAD_GATEWAY, "function unreachable"))
             }
         }
@@ -229,14 +228,14 @@ impl Gate {
     /// The process's port, starting it if needed; `true` if the request had to wait for a start.
     async fn backend(&self, arrived: Instant) -> anyhow::Result<(u16, bool)> {
         let mut backend = self.backend.lock().await;
-        if backend.is_some() && !self.functions.is_running(self.name) {
-            tracing::warn!(function = self.name, "Function exited on its own; starting it again");
+        if backend.is_some() && !self.functions.is_running(&self.name) {
+            tracing::warn!(function = %self.name, "Function exited on its own; starting it again");
             *backend = None;
-            self.functions.stop(self.name).await?;
+            self.functions.stop(&self.name).await?;
         }
         if backend.is_none() {
-            self.functions.start(self.name).await?;
-            let port = self.functions.process_port(self.name).context("the function's port")?;
+            self.functions.start(&self.name).await?;
+            let port = self.functions.process_port(&self.name).context("the function's port")?;
             let mut activity = self.activity();
             activity.running = true;
             activity.idle_since = Instant::now();
@@ -295,12 +294,12 @@ impl Gate {
             }
             *backend = None;
             tracing::info!(
-                function = self.name,
+                function = %self.name,
                 idle_ms = self.idle.as_millis() as u64,
                 "Idle, scaling to zero"
             );
-            if let Err(e) = self.functions.stop(self.name).await {
-                tracing::warn!(function = self.name, error = %e, "Stopping failed");
+            if let Err(e) = self.functions.stop(&self.name).await {
+                tracing::warn!(function = %self.name, error = %e, "Stopping failed");
             }
         }
     }

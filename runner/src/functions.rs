@@ -1,10 +1,11 @@
-//! The four functions as child processes on loopback ports, each with its log file, started in
+//! The functions of the `knative/base` Services as child processes on loopback ports, each with
+//! its log file and its manifest's environment made local ([`Stack::local_env`]), started in
 //! dependency order and waited for on `/health/readiness`, stopped with SIGTERM (as Kubernetes
 //! does) and SIGKILL only if draining overruns. Every start, ready and stop goes to [`Events`].
 //! Behind the activator (scale-to-zero) a process listens on a private port of its own and the
 //! public port belongs to the activator.
 
-use crate::events::Events;
+use crate::{Stack, events::Events, manifests::Service};
 use anyhow::{Context, bail};
 use nix::{sys::signal, unistd::Pid};
 use std::{
@@ -17,30 +18,29 @@ use std::{
 };
 use tokio::process::{Child, Command};
 
-/// The functions; the first listens on the base port (8080), the others on the next ones.
-pub const NAMES: [&str; 4] = ["ingest", "producer", "counter", "archiver"];
-/// Start order: producer before ingest, which calls it.
-pub const START_ORDER: [&str; 4] = ["producer", "ingest", "counter", "archiver"];
 /// How long a function may take to answer its readiness probe.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longer than the functions' own drain timeout (20 s), shorter than Kubernetes' grace (30 s).
 const STOP_TIMEOUT: Duration = Duration::from_secs(25);
 
-/// The loopback port of a function.
-pub fn port(base_port: u16, name: &str) -> u16 {
-    let index = NAMES.iter().position(|n| *n == name).expect("a known function");
-    base_port + index as u16
+/// One function: its Service, public port and local environment.
+pub struct Function {
+    pub service: Service,
+    /// What callers and the KafkaSources use (the activator's, in scale-to-zero).
+    pub port: u16,
+    env: Vec<(String, String)>,
 }
 
 pub struct Functions {
+    /// In the manifests' order; the first listens on the base port, the others on the next ones.
+    functions: Vec<Function>,
+    /// Names in dependency order: a function after every function it calls.
+    start_order: Vec<String>,
     bin_dir: PathBuf,
     log_dir: PathBuf,
-    base_port: u16,
-    /// Settings every function gets on top of the runner's own environment.
-    env: Vec<(String, String)>,
     /// Whether processes listen on private ports (the activator owns the public ones).
     private_ports: bool,
-    running: Mutex<BTreeMap<&'static str, Process>>,
+    running: Mutex<BTreeMap<String, Process>>,
     http: reqwest::Client,
     events: Events,
 }
@@ -51,37 +51,60 @@ struct Process {
 }
 
 impl Functions {
-    /// Functions on their public ports, as in always-on mode.
-    pub fn new(bin_dir: PathBuf, log_dir: PathBuf, base_port: u16, env: Vec<(String, String)>) -> Functions {
-        Functions {
+    /// The Services of `stack`'s manifests, on loopback ports from `base_port`; with
+    /// `private_ports` each process gets a free port of its own, for the activator to proxy to.
+    pub fn new(
+        stack: &Stack,
+        bin_dir: PathBuf,
+        log_dir: PathBuf,
+        base_port: u16,
+        private_ports: bool,
+        events: Events,
+    ) -> anyhow::Result<Functions> {
+        let services = stack.services()?;
+        let ports: BTreeMap<String, u16> =
+            services.iter().zip(base_port..).map(|(s, port)| (s.name.clone(), port)).collect();
+        let url_of = |name: &str| ports.get(name).map(|port| format!("http://127.0.0.1:{port}"));
+        let start_order = start_order(&services)?;
+        let functions = services
+            .into_iter()
+            .map(|service| {
+                let env = stack.local_env(&service, url_of)?;
+                Ok(Function { port: ports[&service.name], service, env })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Functions {
+            functions,
+            start_order,
             bin_dir,
             log_dir,
-            base_port,
-            env,
-            private_ports: false,
+            private_ports,
             running: Mutex::new(BTreeMap::new()),
             http: reqwest::Client::new(),
-            events: Events::default(),
-        }
+            events,
+        })
     }
 
-    /// Each process on a free loopback port of its own, for the activator to proxy to.
-    pub fn with_private_ports(self) -> Functions {
-        Functions { private_ports: true, ..self }
+    /// The functions, in the manifests' order.
+    pub fn all(&self) -> &[Function] {
+        &self.functions
     }
 
-    pub fn with_events(self, events: Events) -> Functions {
-        Functions { events, ..self }
+    fn get(&self, name: &str) -> anyhow::Result<&Function> {
+        self.functions
+            .iter()
+            .find(|f| f.service.name == name)
+            .with_context(|| format!("no function {name:?}"))
     }
 
     /// The public port of a function: what callers and the KafkaSources use.
-    pub fn port(&self, name: &str) -> u16 {
-        port(self.base_port, name)
+    pub fn port(&self, name: &str) -> anyhow::Result<u16> {
+        Ok(self.get(name)?.port)
     }
 
     /// The public URL of a function.
-    pub fn url(&self, name: &str) -> String {
-        format!("http://127.0.0.1:{}", self.port(name))
+    pub fn url(&self, name: &str) -> anyhow::Result<String> {
+        Ok(format!("http://127.0.0.1:{}", self.port(name)?))
     }
 
     /// The port the function's process listens on, while it runs.
@@ -94,11 +117,12 @@ impl Functions {
     }
 
     /// Names of the function processes alive now, in start order.
-    pub fn running(&self) -> Vec<&'static str> {
+    pub fn running(&self) -> Vec<String> {
         let mut running = self.lock();
-        START_ORDER
-            .into_iter()
-            .filter(|name| running.get_mut(name).is_some_and(|p| matches!(p.child.try_wait(), Ok(None))))
+        self.start_order
+            .iter()
+            .filter(|name| running.get_mut(*name).is_some_and(|p| matches!(p.child.try_wait(), Ok(None))))
+            .cloned()
             .collect()
     }
 
@@ -107,13 +131,13 @@ impl Functions {
         self.lock().get_mut(name).is_some_and(|p| matches!(p.child.try_wait(), Ok(None)))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, Process>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Process>> {
         self.running.lock().expect("functions lock")
     }
 
     /// Starts every function and waits until all are ready.
     pub async fn start_all(&self) -> anyhow::Result<()> {
-        for name in START_ORDER {
+        for name in &self.start_order {
             self.start(name).await?;
         }
         Ok(())
@@ -122,19 +146,19 @@ impl Functions {
     /// Starts one function and waits for its readiness probe; a function that does not get
     /// ready is killed.
     pub async fn start(&self, name: &str) -> anyhow::Result<Duration> {
-        let name = NAMES.into_iter().find(|n| *n == name).with_context(|| format!("no function {name:?}"))?;
+        let function = self.get(name)?;
         let started = Instant::now();
         std::fs::create_dir_all(&self.log_dir)
             .with_context(|| format!("creating the log folder {}", self.log_dir.display()))?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_file(name))?;
-        let port = if self.private_ports { free_port()? } else { self.port(name) };
+        let port = if self.private_ports { free_port()? } else { function.port };
         let binary = self.bin_dir.join(name);
+        // Calls between functions go to public ports: through the activator in scale-to-zero,
+        // so ingest's first call cold-starts producer as on Knative.
         let child = Command::new(&binary)
-            .envs(self.env.iter().cloned())
+            .envs(function.env.iter().cloned())
             .env("PORT", port.to_string())
             .env("HOST", "127.0.0.1")
-            // Through the activator, so ingest's first call cold-starts producer as on Knative.
-            .env("PRODUCER_URL", self.url("producer"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -143,8 +167,8 @@ impl Functions {
             .with_context(|| format!("starting {} (build it with `cargo build`)", binary.display()))?;
         let pid = child.id();
         self.events.start(name, pid);
-        self.lock().insert(name, Process { child, port });
-        if let Err(e) = self.wait_ready(name, port, started).await {
+        self.lock().insert(name.to_owned(), Process { child, port });
+        if let Err(e) = self.wait_ready(function, port, started).await {
             if let Some(mut process) = self.lock().remove(name) {
                 let _ = process.child.start_kill();
             }
@@ -156,8 +180,9 @@ impl Functions {
         Ok(took)
     }
 
-    async fn wait_ready(&self, name: &'static str, port: u16, started: Instant) -> anyhow::Result<()> {
-        let url = format!("http://127.0.0.1:{port}/health/readiness");
+    async fn wait_ready(&self, function: &Function, port: u16, started: Instant) -> anyhow::Result<()> {
+        let name = function.service.name.as_str();
+        let url = format!("http://127.0.0.1:{port}{}", function.service.readiness_path);
         loop {
             let exited = self.lock().get_mut(name).and_then(|p| p.child.try_wait().ok().flatten());
             if let Some(status) = exited {
@@ -175,6 +200,31 @@ impl Functions {
                 bail!("{name} was not ready within {READY_TIMEOUT:?}; see {}", self.log_file(name).display());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Restarts every function whose process exited on its own (it is still registered as
+    /// running), as the kubelet restarts a crashed container, until `stop` turns true. A
+    /// function stopped through [`Functions::stop`] or [`Functions::kill`] is not restarted.
+    pub async fn supervise(self: std::sync::Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|stop| *stop) => return,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+            let exited: Vec<(String, std::process::ExitStatus)> = self
+                .lock()
+                .iter_mut()
+                .filter_map(|(name, p)| Some((name.clone(), p.child.try_wait().ok().flatten()?)))
+                .collect();
+            for (name, status) in exited {
+                tracing::warn!(function = %name, %status, "Function exited on its own; restarting it");
+                let pid = self.lock().remove(&name).and_then(|p| p.child.id());
+                self.events.stop(&name, pid);
+                if let Err(e) = self.start(&name).await {
+                    tracing::error!(function = %name, error = format!("{e:#}"), "Restart failed; retrying");
+                }
+            }
         }
     }
 
@@ -210,7 +260,7 @@ impl Functions {
 
     /// Stops the functions in reverse start order.
     pub async fn stop_all(&self) {
-        for name in START_ORDER.iter().rev() {
+        for name in self.start_order.iter().rev() {
             if let Err(e) = self.stop(name).await {
                 tracing::warn!(function = name, error = %e, "Stopping failed");
             }
@@ -218,8 +268,60 @@ impl Functions {
     }
 }
 
+/// The Services in an order that starts each after the ones it calls (manifest order among
+/// equals); a cycle is an error.
+fn start_order(services: &[Service]) -> anyhow::Result<Vec<String>> {
+    let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+    let mut order: Vec<String> = Vec::new();
+    while order.len() < services.len() {
+        let next = services.iter().find(|s| {
+            !order.contains(&s.name) && s.calls(names.iter().copied()).iter().all(|c| order.contains(c))
+        });
+        match next {
+            Some(s) => order.push(s.name.clone()),
+            None => bail!("the Services call each other in a cycle; cannot choose a start order"),
+        }
+    }
+    Ok(order)
+}
+
 /// A loopback port free now (the kernel's choice); the function binds it a moment later.
 fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).context("finding a free loopback port")?;
     Ok(listener.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn functions_start_after_what_they_call() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../knative/base");
+        let services = crate::manifests::services(&dir).unwrap();
+        assert_eq!(start_order(&services).unwrap(), ["producer", "ingest", "counter", "archiver"]);
+    }
+
+    #[test]
+    fn the_local_environment_points_at_loopback_and_the_run() {
+        let stack = Stack {
+            manifests: Path::new(env!("CARGO_MANIFEST_DIR")).join("../knative/base"),
+            kafka_brokers: "127.0.0.1:19092".into(),
+            redis_url: "redis://127.0.0.1:16379/0".into(),
+            mongodb_uri: "mongodb://127.0.0.1:37017".into(),
+            run_id: Some("r1".into()),
+        };
+        let functions =
+            Functions::new(&stack, "bin".into(), "log".into(), 9000, false, Events::default()).unwrap();
+        let env = |name: &str| functions.get(name).unwrap().env.iter().cloned().collect::<BTreeMap<_, _>>();
+        assert_eq!(functions.port("counter").unwrap(), 9002);
+        assert_eq!(env("ingest")["PRODUCER_URL"], "http://127.0.0.1:9001");
+        assert_eq!(env("producer")["KAFKA_BROKERS"], "127.0.0.1:19092");
+        assert_eq!(env("producer")["KAFKA_TOPIC"], "messages-r1");
+        assert_eq!(env("counter")["REDIS_URL"], "redis://127.0.0.1:16379/0");
+        assert_eq!(env("counter")["REDIS_KEY_PREFIX"], "weather:r1:");
+        assert_eq!(env("archiver")["MONGODB_DATABASE"], "weather_r1");
+        assert_eq!(stack.env_of("counter", "REDIS_KEY_PREFIX").unwrap(), "weather:r1:");
+    }
 }

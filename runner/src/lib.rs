@@ -1,14 +1,12 @@
-//! The local runner plays Knative's part on one machine: it runs the four functions as child
-//! processes ([`functions`]) and, for every KafkaSource in the `knative/` manifests
-//! ([`manifests`]), delivers the topic's records to the sink as KafkaSource does ([`source`],
-//! [`record`]). It plays one of the `knative/overlays` ([`Mode`]): always-on keeps every function
-//! running, scale-to-zero puts the [`activator`] in front of them; scaling goes to [`events`].
-//! [`demo`] is the README's first command: a Locust burst and its summary; [`bench`] measures the
-//! performance targets.
+//! The local runner plays Knative's part on one machine, and nothing else: it runs the
+//! functions that the `knative/base` Services describe as child processes ([`functions`]) and,
+//! for every KafkaSource there ([`manifests`]), delivers the topic's records to the sink as
+//! KafkaSource does ([`source`], [`record`]). It plays one of the `knative/overlays` ([`Mode`]):
+//! always-on keeps every function running, scale-to-zero puts the [`activator`] in front of
+//! them; scaling goes to [`events`]. [`Stack`] says where a run's data lives — the tools crate
+//! reads the same.
 
 pub mod activator;
-pub mod bench;
-pub mod demo;
 pub mod events;
 pub mod functions;
 pub mod manifests;
@@ -19,7 +17,7 @@ use activator::Activator;
 use anyhow::{Context, bail};
 use events::{Events, ScaleEvent};
 use functions::Functions;
-use manifests::KafkaSource;
+use manifests::{EnvValue, KafkaSource, Service};
 use rdkafka::{
     ClientConfig,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
@@ -61,39 +59,147 @@ pub const STABLE_WINDOW: Duration = Duration::from_secs(60);
 /// Partitions of the topics the runner creates (as `strimzi/` does: ≥ 3, so sinks can scale).
 pub const PARTITIONS: i32 = 3;
 
+/// Where one run of the pipeline keeps its data on this machine: the manifests it plays, the
+/// services it talks to and the run id that isolates it. The runner and the tools share it, so
+/// both name a run's topics, keys and database the same way.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Options {
-    /// Folder of the Knative manifests whose KafkaSources the runner plays.
+pub struct Stack {
+    /// Folder of the Knative manifests whose Services and KafkaSources the runner plays.
     #[arg(long, env = "RUNNER_MANIFESTS", default_value = "knative/base")]
     pub manifests: PathBuf,
-    /// Folder of the function binaries; defaults to the runner's own folder.
-    #[arg(long, env = "RUNNER_BIN_DIR")]
-    pub bin_dir: Option<PathBuf>,
-    /// Folder for the functions' log files.
-    #[arg(long, env = "RUNNER_LOG_DIR", default_value = "target/runner")]
-    pub log_dir: PathBuf,
-    /// Port of ingest; producer, counter and archiver take the next three.
-    #[arg(long, env = "RUNNER_BASE_PORT", default_value_t = 8080)]
-    pub base_port: u16,
     /// Kafka bootstrap servers (the manifests' bootstrapServers name the cluster's).
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub kafka_brokers: String,
-    /// Redis URL, for `reset` and the summary (counter reads the same variable).
+    /// Redis URL: the value of the Secret key REDIS_URL the manifests refer to.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/0")]
     pub redis_url: String,
-    /// MongoDB URI, for `reset` and the summary (archiver reads the same variable).
+    /// MongoDB URI: the value of the Secret key MONGODB_URI the manifests refer to.
     #[arg(long, env = "MONGODB_URI", default_value = "mongodb://127.0.0.1:27017")]
     pub mongodb_uri: String,
     /// Isolates a run: suffixes topics, consumer groups, the Redis key prefix and the MongoDB
     /// database with this id (tests use one per test).
     #[arg(long, env = "RUNNER_RUN_ID")]
     pub run_id: Option<String>,
+}
+
+impl Stack {
+    fn suffixed(&self, name: &str, sep: &str) -> String {
+        match &self.run_id {
+            Some(id) => format!("{name}{sep}{id}"),
+            None => name.to_owned(),
+        }
+    }
+
+    /// Topic (or consumer group) name for this run.
+    pub fn topic(&self, name: &str) -> String {
+        self.suffixed(name, "-")
+    }
+
+    /// A Redis key prefix of the manifests (`weather:`) for this run (`weather:<id>:`).
+    pub fn redis_prefix(&self, prefix: &str) -> String {
+        format!("{}:", self.suffixed(prefix.trim_end_matches(':'), ":"))
+    }
+
+    /// A MongoDB database of the manifests for this run.
+    pub fn mongodb_database(&self, database: &str) -> String {
+        self.suffixed(database, "_")
+    }
+
+    /// The value of a Secret key the manifests refer to: REDIS_URL and MONGODB_URI from the
+    /// options, any other from the environment variable of the same name.
+    pub fn secret(&self, key: &str) -> anyhow::Result<String> {
+        match key {
+            "REDIS_URL" => Ok(self.redis_url.clone()),
+            "MONGODB_URI" => Ok(self.mongodb_uri.clone()),
+            _ => std::env::var(key)
+                .with_context(|| format!("the manifests use the Secret key {key}: set the variable {key}")),
+        }
+    }
+
+    pub fn services(&self) -> anyhow::Result<Vec<Service>> {
+        manifests::services(&self.manifests)
+    }
+
+    /// The KafkaSources with this run's topics and consumer groups.
+    pub fn kafka_sources(&self) -> anyhow::Result<Vec<KafkaSource>> {
+        let mut sources = manifests::kafka_sources(&self.manifests)?;
+        for source in &mut sources {
+            source.topics = source.topics.iter().map(|t| self.topic(t)).collect();
+            source.consumer_group = self.topic(&source.consumer_group);
+            source.delivery.dead_letter_topic =
+                source.delivery.dead_letter_topic.as_deref().map(|t| self.topic(t));
+        }
+        Ok(sources)
+    }
+
+    /// `service`'s environment on this machine: its manifest's, with the cluster's addresses
+    /// made local (`url_of` gives a function's loopback URL), Secrets filled in and this run's
+    /// names.
+    pub fn local_env(
+        &self,
+        service: &Service,
+        url_of: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Vec<(String, String)>> {
+        service
+            .env
+            .iter()
+            .map(|var| {
+                let value = match &var.value {
+                    EnvValue::Secret { key } => self.secret(key)?,
+                    EnvValue::Value(value) => self.local_value(&var.name, value, &url_of),
+                };
+                Ok((var.name.clone(), value))
+            })
+            .collect()
+    }
+
+    fn local_value(&self, name: &str, value: &str, url_of: &impl Fn(&str) -> Option<String>) -> String {
+        match name {
+            "KAFKA_BROKERS" => self.kafka_brokers.clone(),
+            "KAFKA_TOPIC" => self.topic(value),
+            "REDIS_KEY_PREFIX" => self.redis_prefix(value),
+            "MONGODB_DATABASE" => self.mongodb_database(value),
+            _ => manifests::cluster_service(value)
+                .and_then(|(name, _)| url_of(&name))
+                .unwrap_or_else(|| value.to_owned()),
+        }
+    }
+
+    /// The local value of one variable of one Service, e.g. counter's `REDIS_KEY_PREFIX`.
+    pub fn env_of(&self, service: &str, variable: &str) -> anyhow::Result<String> {
+        let services = self.services()?;
+        let service = services
+            .iter()
+            .find(|s| s.name == service)
+            .with_context(|| format!("no Service {service} in {}", self.manifests.display()))?;
+        self.local_env(service, |_| None)?
+            .into_iter()
+            .find(|(name, _)| name == variable)
+            .map(|(_, value)| value)
+            .with_context(|| format!("Service {} sets no {variable}", service.name))
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    #[command(flatten)]
+    pub stack: Stack,
+    /// Folder of the function binaries; defaults to the runner's own folder.
+    #[arg(long, env = "RUNNER_BIN_DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// Folder for the functions' log files.
+    #[arg(long, env = "RUNNER_LOG_DIR", default_value = "target/runner")]
+    pub log_dir: PathBuf,
+    /// Port of the first Service of the manifests (ingest); the others take the next ones, in
+    /// the order knative/base/kustomization.yaml lists them.
+    #[arg(long, env = "RUNNER_BASE_PORT", default_value_t = 8080)]
+    pub base_port: u16,
     /// Deliver every event this many times: at-least-once made visible, to check that the
     /// sinks' effect stays exactly once.
     #[arg(long, env = "RUNNER_DELIVERIES", default_value_t = 1)]
     pub deliveries: u32,
     /// Run the functions only, without the KafkaSources.
-    #[arg(long)]
+    #[arg(long, env = "RUNNER_NO_SOURCES")]
     pub no_sources: bool,
     /// Which overlay to play: `always-on` runs every function all the time; `scale-to-zero`
     /// starts a function on its first request (held until ready) and stops it when idle.
@@ -114,37 +220,6 @@ pub struct Options {
 }
 
 impl Options {
-    fn suffixed(&self, name: &str, sep: &str) -> String {
-        match &self.run_id {
-            Some(id) => format!("{name}{sep}{id}"),
-            None => name.to_owned(),
-        }
-    }
-
-    /// Topic (or consumer group) name for this run.
-    pub fn topic(&self, name: &str) -> String {
-        self.suffixed(name, "-")
-    }
-
-    pub fn redis_prefix(&self) -> String {
-        format!("{}:", self.suffixed("weather", ":"))
-    }
-
-    pub fn mongodb_database(&self) -> String {
-        self.suffixed("weather", "_")
-    }
-
-    fn function_env(&self) -> Vec<(String, String)> {
-        vec![
-            ("KAFKA_BROKERS".into(), self.kafka_brokers.clone()),
-            ("KAFKA_TOPIC".into(), self.topic("messages")),
-            ("REDIS_URL".into(), self.redis_url.clone()),
-            ("REDIS_KEY_PREFIX".into(), self.redis_prefix()),
-            ("MONGODB_URI".into(), self.mongodb_uri.clone()),
-            ("MONGODB_DATABASE".into(), self.mongodb_database()),
-        ]
-    }
-
     fn bin_dir(&self) -> anyhow::Result<PathBuf> {
         match &self.bin_dir {
             Some(dir) => Ok(dir.clone()),
@@ -161,6 +236,10 @@ pub struct Runner {
     /// Scale-to-zero only: how long a function may idle before it is stopped.
     pub idle_period: Option<Duration>,
     activator: Option<Activator>,
+    /// Always-on: restarts functions that crash.
+    supervisor: Option<tokio::task::JoinHandle<()>>,
+    /// `GET /metrics` of the runner itself, on the port after the functions'.
+    metrics: tokio::task::JoinHandle<()>,
     events: Events,
     shutdown: watch::Sender<bool>,
 }
@@ -185,27 +264,25 @@ impl Runner {
     /// front of them), then the sources.
     pub async fn start(options: Options) -> anyhow::Result<Runner> {
         let idle_period = idle_period(&options)?;
-        let sources = manifests::kafka_sources(&options.manifests)?;
+        let sources = options.stack.kafka_sources()?;
         let mut topics: Vec<String> = sources
             .iter()
             .flat_map(|s| s.topics.iter().chain(&s.delivery.dead_letter_topic))
-            .map(|t| options.topic(t))
+            .cloned()
             .collect();
         topics.sort();
         topics.dedup();
-        create_topics(&options.kafka_brokers, &topics).await?;
+        create_topics(&options.stack.kafka_brokers, &topics).await?;
 
         let events = Events::new(options.events.as_deref())?;
-        let mut functions = Functions::new(
+        let functions = Functions::new(
+            &options.stack,
             options.bin_dir()?,
             options.log_dir.clone(),
             options.base_port,
-            options.function_env(),
-        )
-        .with_events(events.clone());
-        if idle_period.is_some() {
-            functions = functions.with_private_ports();
-        }
+            idle_period.is_some(),
+            events.clone(),
+        )?;
         let functions = Arc::new(functions);
         let activator = match idle_period {
             Some(idle) => Some(Activator::start(functions.clone(), events.clone(), idle).await?),
@@ -219,9 +296,32 @@ impl Runner {
         };
 
         let (shutdown, stop) = watch::channel(false);
-        let mut runner =
-            Runner { functions, sources: Vec::new(), options, idle_period, activator, events, shutdown };
-        if let Err(e) = runner.start_sources(sources, stop) {
+        let metrics_port = options.base_port + functions.all().len() as u16;
+        let listener = common::server::bind("127.0.0.1", metrics_port).await?;
+        let mut stopped = stop.clone();
+        let metrics = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            if let Err(e) = common::server::serve(listener, common::metrics::routes(), shutdown).await {
+                tracing::warn!(error = %e, "Serving the runner's metrics failed");
+            }
+        });
+        let supervisor = activator.is_none().then(|| tokio::spawn(functions.clone().supervise(stop.clone())));
+        let mut runner = Runner {
+            functions,
+            sources: Vec::new(),
+            options,
+            idle_period,
+            activator,
+            supervisor,
+            metrics,
+            events,
+            shutdown,
+        };
+        if !runner.options.no_sources
+            && let Err(e) = runner.start_sources(sources, stop)
+        {
             runner.stop().await;
             return Err(e);
         }
@@ -233,24 +333,21 @@ impl Runner {
         sources: Vec<KafkaSource>,
         stop: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
-        let options = &self.options;
+        let brokers = &self.options.stack.kafka_brokers;
         let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &options.kafka_brokers)
+            .set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .create()
             .context("creating the dead-letter producer")?;
-        for mut source in sources.into_iter().filter(|_| !options.no_sources) {
-            source.topics = source.topics.iter().map(|t| options.topic(t)).collect();
-            source.consumer_group = options.topic(&source.consumer_group);
-            source.delivery.dead_letter_topic = source.delivery.dead_letter_topic.map(|t| options.topic(&t));
-            let sink_url = self.functions.url(&source.sink);
+        for source in sources {
+            let sink_url = self.functions.url(&source.sink)?;
             self.sources.push(Source::start(
                 source,
-                &options.kafka_brokers,
+                brokers,
                 sink_url,
                 producer.clone(),
-                options.deliveries,
+                self.options.deliveries,
                 stop.clone(),
             )?);
         }
@@ -258,7 +355,7 @@ impl Runner {
     }
 
     /// Names of the function processes alive now.
-    pub fn running_functions(&self) -> Vec<&'static str> {
+    pub fn running_functions(&self) -> Vec<String> {
         self.functions.running()
     }
 
@@ -294,8 +391,8 @@ impl Runner {
             .sum()
     }
 
-    /// Stops the sources first (they commit what was delivered), then the activator (no new
-    /// starts), then the functions.
+    /// Stops the sources first (they commit what was delivered), then the activator or the
+    /// supervisor (no new starts), then the functions.
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
         for source in self.sources.drain(..) {
@@ -304,6 +401,10 @@ impl Runner {
         if let Some(activator) = self.activator.take() {
             activator.stop().await;
         }
+        if let Some(supervisor) = self.supervisor.take() {
+            let _ = supervisor.await;
+        }
+        let _ = (&mut self.metrics).await;
         self.functions.stop_all().await;
     }
 }

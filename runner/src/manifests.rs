@@ -1,4 +1,5 @@
-//! Reads the KafkaSources (and the KafkaSink that is their dead-letter sink) from the same
+//! Reads the Knative Services (the functions: order, port protocol, environment, readiness
+//! path), the KafkaSources and the KafkaSink that is their dead-letter sink from the same
 //! `knative/` manifests that go to the cluster, so the local runner and Kubernetes cannot drift.
 //! Defaults are Knative's own (eventing-kafka-broker `kafka_defaults.go`, `source.go`). The
 //! scaling annotations come from the same overlays (`knative/overlays/<mode>`) that
@@ -111,6 +112,182 @@ struct Reference {
     name: String,
 }
 
+/// A Knative Service, as the runner runs it: one function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    /// The container port is named `h2c`: Knative (and the activator) speak HTTP/2 cleartext
+    /// to it, as gRPC needs; otherwise HTTP/1.1.
+    pub http2: bool,
+    pub env: Vec<EnvVar>,
+    /// `readinessProbe.httpGet.path` (Knative's default `/`).
+    pub readiness_path: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: EnvValue,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum EnvValue {
+    Value(String),
+    /// `valueFrom.secretKeyRef`: the key of a Secret created by hand on the cluster.
+    Secret {
+        key: String,
+    },
+}
+
+impl Service {
+    /// The names of the other Services this one calls: an env value holding their cluster
+    /// address (`http://<name>.<namespace>.svc…`).
+    pub fn calls<'a>(&self, names: impl Iterator<Item = &'a str>) -> Vec<String> {
+        let names: Vec<&str> = names.filter(|n| *n != self.name).collect();
+        self.env
+            .iter()
+            .filter_map(|v| match &v.value {
+                EnvValue::Value(value) => cluster_service(value),
+                EnvValue::Secret { .. } => None,
+            })
+            .filter(|(name, _)| names.contains(&name.as_str()))
+            .map(|(name, _)| name)
+            .collect()
+    }
+}
+
+/// `(service, namespace)` of a cluster address such as `http://producer.weather.svc.cluster.local`.
+pub fn cluster_service(value: &str) -> Option<(String, String)> {
+    let host = value.split_once("://").map_or(value, |(_, rest)| rest);
+    let host = host.split(['/', ':']).next()?;
+    let mut labels = host.split('.');
+    let (name, namespace, svc) = (labels.next()?, labels.next()?, labels.next()?);
+    (svc == "svc").then(|| (name.to_owned(), namespace.to_owned()))
+}
+
+#[derive(Deserialize)]
+struct ServiceSpec {
+    template: PodTemplate,
+}
+
+#[derive(Deserialize)]
+struct PodTemplate {
+    spec: PodSpec,
+}
+
+#[derive(Deserialize)]
+struct PodSpec {
+    containers: Vec<Container>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Container {
+    #[serde(default)]
+    ports: Vec<ContainerPort>,
+    #[serde(default)]
+    env: Vec<ContainerEnv>,
+    readiness_probe: Option<Probe>,
+}
+
+#[derive(Deserialize)]
+struct ContainerPort {
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ContainerEnv {
+    name: String,
+    value: Option<String>,
+    value_from: Option<ValueFrom>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ValueFrom {
+    secret_key_ref: Option<SecretKeyRef>,
+}
+
+#[derive(Deserialize)]
+struct SecretKeyRef {
+    key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Probe {
+    http_get: Option<HttpGet>,
+}
+
+#[derive(Deserialize)]
+struct HttpGet {
+    path: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Kustomization {
+    resources: Vec<String>,
+}
+
+/// The Knative Services of `dir`, in the order its `kustomization.yaml` lists their files (the
+/// runner gives them ports in that order).
+pub fn services(dir: &Path) -> anyhow::Result<Vec<Service>> {
+    let path = dir.join("kustomization.yaml");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let kustomization: Kustomization =
+        serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let mut services = Vec::new();
+    for file in &kustomization.resources {
+        for (path, r) in read_file(&dir.join(file))? {
+            if r.kind == "Service" && r.api_version.starts_with("serving.knative.dev/") {
+                services.push(
+                    service(&r)
+                        .with_context(|| format!("Service {:?} in {}", r.metadata.name, path.display()))?,
+                );
+            }
+        }
+    }
+    if services.is_empty() {
+        bail!("no Knative Service listed in {}", path.display());
+    }
+    Ok(services)
+}
+
+fn service(r: &Resource) -> anyhow::Result<Service> {
+    let spec: ServiceSpec = serde_json::from_value(r.spec.clone()).context("reading spec")?;
+    let [container] = &spec.template.spec.containers[..] else {
+        bail!("spec.template.spec.containers must hold exactly one container");
+    };
+    let env = container
+        .env
+        .iter()
+        .map(|e| {
+            let value = match (&e.value, &e.value_from) {
+                (Some(v), None) => EnvValue::Value(v.clone()),
+                (None, Some(ValueFrom { secret_key_ref: Some(s) })) => {
+                    EnvValue::Secret { key: s.key.clone() }
+                }
+                _ => bail!("env {} needs a value or a secretKeyRef", e.name),
+            };
+            Ok(EnvVar { name: e.name.clone(), value })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Service {
+        name: r.metadata.name.clone(),
+        namespace: r.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        http2: container.ports.first().and_then(|p| p.name.as_deref()) == Some("h2c"),
+        env,
+        readiness_path: container
+            .readiness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.clone())
+            .unwrap_or_else(|| "/".into()),
+    })
+}
+
 /// Every KafkaSource under `dir` (all `*.yaml` files, several documents per file allowed).
 pub fn kafka_sources(dir: &Path) -> anyhow::Result<Vec<KafkaSource>> {
     let resources = read_dir(dir)?;
@@ -211,14 +388,22 @@ fn read_dir(dir: &Path) -> anyhow::Result<Vec<(PathBuf, Resource)>> {
     paths.sort();
     let mut resources = Vec::new();
     for path in paths {
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        for doc in text.split("\n---").filter(|d| d.lines().any(|l| l.starts_with("kind:"))) {
-            let resource: Resource =
-                serde_saphyr::from_str(doc).with_context(|| format!("parsing {}", path.display()))?;
-            resources.push((path.clone(), resource));
-        }
+        resources.extend(read_file(&path)?);
     }
     Ok(resources)
+}
+
+/// The resources of one file (several documents allowed).
+fn read_file(path: &Path) -> anyhow::Result<Vec<(PathBuf, Resource)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.split("\n---")
+        .filter(|d| d.lines().any(|l| l.starts_with("kind:")))
+        .map(|doc| {
+            let resource: Resource =
+                serde_saphyr::from_str(doc).with_context(|| format!("parsing {}", path.display()))?;
+            Ok((path.to_path_buf(), resource))
+        })
+        .collect()
 }
 
 /// How an overlay scales the Knative Services, from its strategic-merge patch's annotations.
@@ -369,6 +554,39 @@ mod tests {
             assert_eq!(s.delivery.dead_letter_topic.as_deref(), Some("messages-dlq"));
             assert!(s.delivery.retry > 0);
         }
+    }
+
+    #[test]
+    fn reads_the_project_services() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../knative/base");
+        let services = services(&dir).unwrap();
+        let names: Vec<_> = services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["ingest", "producer", "counter", "archiver"]);
+        let http2: Vec<_> = services.iter().filter(|s| s.http2).map(|s| s.name.as_str()).collect();
+        assert_eq!(http2, ["producer"]);
+        let ingest = &services[0];
+        assert_eq!(ingest.calls(names.iter().copied()), ["producer"]);
+        assert!(services[1..].iter().all(|s| s.calls(names.iter().copied()).is_empty()));
+        assert!(services.iter().all(|s| s.readiness_path == "/health/readiness"));
+        let counter = &services[2];
+        assert!(counter.env.contains(&EnvVar {
+            name: "REDIS_URL".into(),
+            value: EnvValue::Secret { key: "REDIS_URL".into() }
+        }));
+    }
+
+    #[test]
+    fn cluster_addresses() {
+        assert_eq!(
+            cluster_service("http://producer.weather.svc.cluster.local"),
+            Some(("producer".into(), "weather".into()))
+        );
+        assert_eq!(
+            cluster_service("weather-kafka-bootstrap.kafka.svc:9092"),
+            Some(("weather-kafka-bootstrap".into(), "kafka".into()))
+        );
+        assert_eq!(cluster_service("weather-kafka-bootstrap.kafka:9092"), None);
+        assert_eq!(cluster_service("messages"), None);
     }
 
     #[test]

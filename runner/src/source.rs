@@ -52,6 +52,8 @@ pub struct Progress {
     /// Next offset to deliver, per (topic, partition): everything before it is done.
     next: Mutex<HashMap<(String, i32), i64>>,
     pub dead_lettered: AtomicU64,
+    /// Dead letters Kafka refused for good (skipped).
+    pub refused: AtomicU64,
 }
 
 struct Dispatcher {
@@ -90,6 +92,9 @@ impl Source {
                 .set("auto.commit.interval.ms", "1000")
                 .set("auto.offset.reset", &source.initial_offset)
                 .set("isolation.level", "read_committed")
+                // A runner killed without leaving its group holds its partitions until the
+                // session times out; the broker's minimum (6 s) lets a restart resume soon.
+                .set("session.timeout.ms", "6000")
                 .create()
                 .context("creating the Kafka consumer")?,
         );
@@ -212,8 +217,16 @@ impl Dispatcher {
         }
     }
 
+    /// Record `offset` and every one before it are delivered: store `offset + 1`, the next
+    /// offset to read, which is what Kafka means by a committed offset. (`store_offsets` stores
+    /// the value as given; the older `store_offset` would add 1 itself.)
     fn done(&self, topic: String, partition: i32, offset: i64) {
-        if let Err(e) = self.consumer.store_offset(&topic, partition, offset + 1) {
+        let mut next = TopicPartitionList::new();
+        let stored = next
+            .add_partition_offset(&topic, partition, Offset::Offset(offset + 1))
+            .and_then(|()| self.consumer.store_offsets(&next));
+        if let Err(e) = stored {
+            // A partition revoked meanwhile: its new owner reads on from the last commit.
             tracing::warn!(%topic, partition, error = %e, "Storing the offset failed");
         }
         self.progress.next.lock().expect("progress lock").insert((topic, partition), offset + 1);
@@ -319,7 +332,9 @@ impl Dispatcher {
     }
 
     /// Writes the event, with Knative's error extensions, to the dead-letter topic; retries until
-    /// Kafka takes it. `None` if shutdown interrupted it.
+    /// Kafka takes it, unless Kafka refuses it for good ([`refused_for_good`]): then the record
+    /// is logged at error with its position, counted in `weather_dead_letters_refused_total` and
+    /// committed, as Knative does, so the partition flows on. `None` if shutdown interrupted it.
     async fn dead_letter(&self, message: &OwnedMessage, mut event: Event, failure: Failure) -> Option<()> {
         tracing::warn!(source = %self.source.name, partition = message.partition(), offset = message.offset(),
             code = ?failure.code, error = %failure.error, "Delivery failed, dead-lettering");
@@ -350,6 +365,14 @@ impl Dispatcher {
                     self.progress.dead_lettered.fetch_add(1, Relaxed);
                     return Some(());
                 }
+                Err((e, _)) if refused_for_good(&e) => {
+                    tracing::error!(source = %self.source.name, topic = message.topic(), partition = message.partition(),
+                        offset = message.offset(), dead_letter_topic = %topic, error = %e,
+                        "Kafka refuses the dead letter for good; the record is skipped");
+                    common::metrics::get().dead_letter_refused();
+                    self.progress.refused.fetch_add(1, Relaxed);
+                    return Some(());
+                }
                 Err((e, _)) => {
                     tracing::error!(%topic, error = %e, "Writing the dead letter failed, retrying")
                 }
@@ -366,6 +389,55 @@ impl Dispatcher {
         tokio::select! {
             _ = tokio::time::sleep(duration) => true,
             _ = shutdown.wait_for(|stop| *stop) => false,
+        }
+    }
+}
+
+/// Whether Kafka will never take a dead letter, whatever the wait: too large for the producer
+/// or the broker, not authorised, or the topic does not exist. Anything else (a broker down, a
+/// timeout, a full queue) is retried for ever, because dropping it would lose the record.
+pub fn refused_for_good(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode::*;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            MessageSizeTooLarge
+                | MessageBatchTooLarge
+                | InvalidRecord
+                | TopicAuthorizationFailed
+                | ClusterAuthorizationFailed
+                | UnknownTopic
+                | UnknownTopicOrPartition
+                | InvalidTopic
+        )
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::{error::KafkaError, types::RDKafkaErrorCode};
+
+    #[test]
+    fn dead_letters_kafka_never_takes_are_told_from_passing_trouble() {
+        let produce = |code| KafkaError::MessageProduction(code);
+        for permanent in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::UnknownTopic,
+        ] {
+            assert!(refused_for_good(&produce(permanent)), "{permanent:?}");
+        }
+        for passing in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::QueueFull,
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::RequestTimedOut,
+        ] {
+            assert!(!refused_for_good(&produce(passing)), "{passing:?}");
         }
     }
 }

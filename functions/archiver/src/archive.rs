@@ -6,8 +6,16 @@
 //! SQLite transaction in FerretDB instead of one per tweet, and no added wait when traffic is
 //! light. Each request still learns its own outcome (inserted, duplicate or error) and answers
 //! 2xx only after its document is written.
+//!
+//! Every `insertMany` is bounded by the operation timeout (`MONGODB_TIMEOUT_MS`): a server that
+//! stops answering (SIGSTOP, a hung disk) fails the group with an error, so each waiting
+//! request answers 503 in bounded time and KafkaSource retries it, instead of the one writer
+//! and every request behind it hanging.
 
-use common::event::Received;
+use common::{
+    event::Received,
+    sink::{Applied, Store},
+};
 use mongodb::{
     Client, Collection,
     bson::{self, Document, doc},
@@ -28,17 +36,12 @@ pub struct Archive {
     pending: mpsc::Sender<Pending>,
     database: String,
     collection: String,
+    timeout: Duration,
 }
 
 struct Pending {
     document: Document,
-    reply: oneshot::Sender<Result<Archived, Error>>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Archived {
-    Inserted,
-    Duplicate,
+    reply: oneshot::Sender<Result<Applied, Error>>,
 }
 
 impl Archive {
@@ -52,11 +55,16 @@ impl Archive {
         let client = Client::with_options(options)?;
         let tweets = client.database(&config.database).collection(&config.collection);
         let (pending, queue) = mpsc::channel(MAX_BATCH * 4);
-        tokio::spawn(write_batches(tweets, queue));
-        Ok(Archive { pending, database: config.database.clone(), collection: config.collection.clone() })
+        tokio::spawn(write_batches(tweets, queue, timeout));
+        Ok(Archive {
+            pending,
+            database: config.database.clone(),
+            collection: config.collection.clone(),
+            timeout,
+        })
     }
 
-    pub async fn insert(&self, event: &Received) -> mongodb::error::Result<Archived> {
+    pub async fn insert(&self, event: &Received) -> mongodb::error::Result<Applied> {
         let span = tracing::info_span!(
             "insert",
             otel.name = %format!("insert {}", self.collection),
@@ -68,21 +76,35 @@ impl Archive {
         );
         let (reply, outcome) = oneshot::channel();
         let gone = || Error::custom("the archive's writer stopped");
-        async {
+        // Queued behind a hung group, a request waits at most two operation timeouts.
+        let waited = tokio::time::timeout(self.timeout * 2, async {
             self.pending.send(Pending { document: document(event), reply }).await.map_err(|_| gone())?;
             outcome.await.map_err(|_| gone())?
-        }
+        })
         .instrument(span)
-        .await
+        .await;
+        waited.unwrap_or_else(|_| Err(Error::custom("the archive's writer did not answer in time")))
+    }
+}
+
+impl Store for Archive {
+    const DEPENDENCY: &'static str = "mongodb";
+    type Error = Error;
+
+    async fn apply(&self, event: &Received) -> Result<Applied, Error> {
+        self.insert(event).await
     }
 }
 
 /// Writes waiting documents in groups until every [`Archive`] is dropped.
-async fn write_batches(tweets: Collection<Document>, mut queue: mpsc::Receiver<Pending>) {
+async fn write_batches(tweets: Collection<Document>, mut queue: mpsc::Receiver<Pending>, timeout: Duration) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let documents: Vec<&Document> = batch.iter().map(|p| &p.document).collect();
-        let result = tweets.insert_many(documents).ordered(false).await;
+        let result = match tokio::time::timeout(timeout, tweets.insert_many(documents).ordered(false)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::custom(format!("insertMany took longer than {} ms", timeout.as_millis()))),
+        };
         for (index, pending) in batch.drain(..).enumerate() {
             let _ = pending.reply.send(outcome(&result, index));
         }
@@ -90,15 +112,15 @@ async fn write_batches(tweets: Collection<Document>, mut queue: mpsc::Receiver<P
 }
 
 /// What an unordered `insertMany` result means for the document at `index`.
-fn outcome<T>(result: &Result<T, Error>, index: usize) -> Result<Archived, Error> {
-    let Err(error) = result else { return Ok(Archived::Inserted) };
+fn outcome<T>(result: &Result<T, Error>, index: usize) -> Result<Applied, Error> {
+    let Err(error) = result else { return Ok(Applied::New) };
     let ErrorKind::InsertMany(failure) = &*error.kind else { return Err(error.clone()) };
     if failure.write_concern_error.is_some() {
         return Err(error.clone());
     }
     match failure.write_errors.iter().flatten().find(|e| e.index == index) {
-        None => Ok(Archived::Inserted),
-        Some(e) if e.code == DUPLICATE_KEY => Ok(Archived::Duplicate),
+        None => Ok(Applied::New),
+        Some(e) if e.code == DUPLICATE_KEY => Ok(Applied::Duplicate),
         Some(_) => Err(error.clone()),
     }
 }

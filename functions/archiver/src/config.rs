@@ -18,7 +18,8 @@ pub struct Config {
     /// Collection of the archive.
     #[arg(long, env = "MONGODB_COLLECTION", default_value = "tweets")]
     pub collection: String,
-    /// How long to look for a usable server before the event gets 503, in milliseconds.
+    /// How long to look for a usable server, and how long one insert may take, before the
+    /// event gets 503, in milliseconds.
     #[arg(long, env = "MONGODB_TIMEOUT_MS", default_value_t = 2_000)]
     pub timeout_ms: u64,
 }

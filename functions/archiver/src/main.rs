@@ -12,5 +12,6 @@ async fn main() -> anyhow::Result<()> {
     let listener = common::server::bind(&config.host, config.port).await?;
     metrics.ready(started);
     tracing::info!(port = config.port, database = %config.database, collection = %config.collection, "Archiver listening");
-    archiver::run(archive, listener, common::server::shutdown_signal()).await
+    common::sink::run(archive, listener, common::server::shutdown_signal()).await?;
+    Ok(())
 }

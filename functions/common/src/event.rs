@@ -30,6 +30,8 @@ pub fn tweet_event(id: &str, source: &str, tweet: &Tweet) -> Event {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Received {
     pub id: String,
+    /// The event's `source`; Knative's wrapping names the record's topic in it (`…#<topic>`).
+    pub source: String,
     pub tweet: Tweet,
     pub time: Option<DateTime<Utc>>,
     pub position: Option<Position>,
@@ -84,7 +86,14 @@ impl Received {
             Some(ExtensionValue::String(tp)) => trace_id(tp),
             _ => None,
         };
-        Ok(Received { id: event.id().to_owned(), tweet, time: event.time().copied(), position, trace_id })
+        Ok(Received {
+            id: event.id().to_owned(),
+            source: event.source().to_string(),
+            tweet,
+            time: event.time().copied(),
+            position,
+            trace_id,
+        })
     }
 }
 

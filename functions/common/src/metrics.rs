@@ -57,6 +57,7 @@ pub struct Metrics {
     pub events_rejected: Family<Reason, Counter>,
     pub dependency_errors: Family<Dependency, Counter>,
     pub start_to_ready: Gauge<f64, AtomicU64>,
+    pub dead_letters_refused: Counter,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -80,6 +81,7 @@ impl Metrics {
             events_rejected: Family::default(),
             dependency_errors: Family::default(),
             start_to_ready: Gauge::default(),
+            dead_letters_refused: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -127,11 +129,20 @@ impl Metrics {
             "Time from process start to serving",
             m.start_to_ready.clone(),
         );
+        registry.register(
+            "weather_dead_letters_refused",
+            "Records skipped because Kafka refused their dead letter for good (runner)",
+            m.dead_letters_refused.clone(),
+        );
         Metrics { registry, ..m }
     }
 
     pub fn rejected(&self, reason: &'static str) {
         self.events_rejected.get_or_create(&Reason { reason }).inc();
+    }
+
+    pub fn dead_letter_refused(&self) {
+        self.dead_letters_refused.inc();
     }
 
     pub fn dependency_error(&self, dependency: &'static str) {

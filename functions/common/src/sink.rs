@@ -1,16 +1,84 @@
-//! What both KafkaSource sinks (`counter`, `archiver`) do before touching their store: read a
-//! CloudEvent (binary or structured mode) from an HTTP request and turn it into a [`Received`]
-//! tweet, rejecting with a status KafkaSource will not retry (400, 413) what can never succeed.
+//! A KafkaSource sink (`counter`, `archiver`) is a [`Store`] behind one generic [`router`]: it
+//! reads a CloudEvent (binary or structured mode) from the request, turns it into a
+//! [`Received`] tweet — rejecting with a status KafkaSource will not retry (400, 413) what can
+//! never succeed — and answers 2xx only once the store has applied it (or had it already), 503
+//! while the store is unavailable so KafkaSource retries.
 
 use crate::event::{EventError, Received};
 use axum::{
-    Json,
+    Json, Router,
     body::Bytes,
-    extract::rejection::BytesRejection,
+    extract::{DefaultBodyLimit, State, rejection::BytesRejection},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
+    routing::post,
 };
 use serde_json::json;
+use std::{future::Future, sync::Arc};
+use tokio::net::TcpListener;
+
+/// Where a sink writes. `apply` must be idempotent per event: a redelivered event changes
+/// nothing and answers [`Applied::Duplicate`].
+pub trait Store: Send + Sync + 'static {
+    /// The dependency's name in metrics and errors (`redis`, `mongodb`).
+    const DEPENDENCY: &'static str;
+    type Error: std::fmt::Display + Send;
+
+    fn apply(&self, event: &Received) -> impl Future<Output = Result<Applied, Self::Error>> + Send;
+}
+
+/// Whether an event changed the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    New,
+    Duplicate,
+}
+
+/// The sink's routes: `POST /` (where KafkaSource delivers) plus what every function serves.
+pub fn router<S: Store>(store: Arc<S>) -> Router {
+    crate::server::app(
+        Router::new()
+            .route("/", post(receive::<S>))
+            .layer(DefaultBodyLimit::max(MAX_EVENT_BYTES))
+            .with_state(store),
+    )
+}
+
+/// Serves `store` on `listener` until `shutdown`, then drains.
+pub async fn run<S: Store>(
+    store: S,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    crate::server::serve(listener, router(Arc::new(store)), shutdown).await
+}
+
+async fn receive<S: Store>(
+    State(store): State<Arc<S>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let received = match read(&headers, body) {
+        Ok(r) => r,
+        Err(rejected) => return rejected.into_response(),
+    };
+    let metrics = crate::metrics::get();
+    match store.apply(&received).await {
+        Ok(applied) => {
+            match applied {
+                Applied::New => metrics.events_applied.inc(),
+                Applied::Duplicate => metrics.events_duplicate.inc(),
+            };
+            tracing::debug!(id = %received.id, ?applied, "Event applied");
+            Json(json!({ "duplicate": applied == Applied::Duplicate })).into_response()
+        }
+        Err(e) => {
+            metrics.dependency_error(S::DEPENDENCY);
+            tracing::error!(dependency = S::DEPENDENCY, error = %e, "Store update failed");
+            error_response(StatusCode::SERVICE_UNAVAILABLE, &format!("{} is unavailable", S::DEPENDENCY))
+        }
+    }
+}
 
 /// Largest event accepted; a tweet event is well under 2 KiB.
 pub const MAX_EVENT_BYTES: usize = 64 * 1024;

@@ -9,8 +9,11 @@ async fn main() -> anyhow::Result<()> {
     let metrics = common::metrics::init("counter");
     let config = counter::Config::parse();
     let store = counter::Counts::new(&config)?;
+    // A Redis too old for the script is a configuration error: exit before serving.
+    store.check().await?;
     let listener = common::server::bind(&config.host, config.port).await?;
     metrics.ready(started);
     tracing::info!(port = config.port, redis = %config.redacted_redis_url(), "Counter listening");
-    counter::run(store, listener, common::server::shutdown_signal()).await
+    common::sink::run(store, listener, common::server::shutdown_signal()).await?;
+    Ok(())
 }

@@ -57,16 +57,23 @@ impl From<PublishError> for Status {
     }
 }
 
+/// The librdkafka settings of the producer, the one place they are written (`make bench`'s raw
+/// producer baseline uses them too).
+pub fn client_config(config: &Config) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.kafka_brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", config.linger_ms.to_string())
+        .set("message.timeout.ms", config.message_timeout_ms.to_string())
+        .set("compression.type", "lz4");
+    client
+}
+
 impl Publisher {
     pub fn new(config: &Config) -> Result<Publisher, KafkaError> {
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", &config.kafka_brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", config.linger_ms.to_string())
-            .set("message.timeout.ms", config.message_timeout_ms.to_string())
-            .set("compression.type", "lz4")
-            .create()?;
+        let producer = client_config(config).create()?;
         Ok(Publisher {
             producer,
             topic: config.topic.clone(),

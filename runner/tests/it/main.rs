@@ -5,8 +5,8 @@
 //! `scale.rs` runs the same pipeline behind the scale-to-zero activator.
 
 mod scale;
-mod traces;
 
+use counter::Keyspace;
 use futures::{StreamExt, stream};
 use nix::{sys::signal, unistd::Pid};
 use rdkafka::{
@@ -17,40 +17,27 @@ use rdkafka::{
     util::Timeout,
 };
 use redis::AsyncCommands;
-use runner::{Options, Runner};
-use std::{collections::BTreeMap, net::TcpListener, path::PathBuf, time::Duration};
+use runner::{Options, Runner, Stack};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 const COUNTRIES: [&str; 5] = ["Guatemala", "México", "El Salvador", "Perú", "Chile"];
 const CLIMAS: [&str; 4] = ["soleado", "lluvioso", "nublado", "tormenta"];
 
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
-/// Four consecutive free loopback ports.
-fn free_ports() -> u16 {
-    for _ in 0..100 {
-        let base = 20_000 + (uuid::Uuid::new_v4().as_u128() % 40_000) as u16;
-        if (0..4).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no four consecutive free ports on 127.0.0.1");
-}
-
 fn options() -> Options {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_runner")).parent().unwrap().to_path_buf();
-    let run_id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let run_id = testkit::unique("t");
     Options {
-        manifests: root.join("knative/base"),
+        stack: Stack {
+            manifests: root.join("knative/base"),
+            kafka_brokers: testkit::kafka_brokers(),
+            redis_url: testkit::redis_url(),
+            mongodb_uri: testkit::mongodb_uri(),
+            run_id: Some(run_id.clone()),
+        },
         bin_dir: Some(bin_dir),
         log_dir: root.join("target/runner-tests").join(&run_id),
-        base_port: free_ports(),
-        kafka_brokers: env_or("KAFKA_BROKERS", "127.0.0.1:9092"),
-        redis_url: env_or("REDIS_URL", "redis://127.0.0.1:6379/0"),
-        mongodb_uri: env_or("MONGODB_URI", "mongodb://127.0.0.1:27017"),
-        run_id: Some(run_id),
+        base_port: testkit::free_ports(4),
         deliveries: 1,
         no_sources: false,
         mode: runner::Mode::AlwaysOn,
@@ -69,7 +56,7 @@ fn tweet(i: usize) -> serde_json::Value {
 /// Posts tweets `range` to ingest, 16 at a time; every one must be accepted.
 async fn post(runner: &Runner, range: std::ops::Range<usize>) {
     let client = reqwest::Client::new();
-    let url = format!("{}/input", runner.functions.url("ingest"));
+    let url = format!("{}/input", runner.functions.url("ingest").unwrap());
     let statuses: Vec<_> = stream::iter(range)
         .map(|i| {
             let request = client
@@ -103,45 +90,49 @@ fn expected(n: usize) -> (BTreeMap<String, i64>, BTreeMap<String, i64>, BTreeMap
 async fn assert_exact(runner: &Runner, n: usize) {
     runner.drain(Duration::from_secs(90)).await.expect("every record delivered");
     let options = &runner.options;
-    let mut redis = redis::Client::open(options.redis_url.as_str())
+    let mut redis = redis::Client::open(options.stack.redis_url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .expect("Redis is down — start it with `dev/stack up`");
-    let prefix = options.redis_prefix();
-    let total: i64 = redis.get(format!("{prefix}total")).await.unwrap();
-    let countries: BTreeMap<String, i64> = redis.hgetall(format!("{prefix}countries")).await.unwrap();
-    let climas: BTreeMap<String, i64> = redis.hgetall(format!("{prefix}climas")).await.unwrap();
-    let pairs: BTreeMap<String, i64> = redis.hgetall(format!("{prefix}country-clima")).await.unwrap();
-    assert_eq!(total, n as i64, "total");
-    assert_eq!((countries, climas, pairs), expected(n));
+    let counted = keyspace(options).read(&mut redis).await.unwrap();
+    assert_eq!(counted.total, n as i64, "total");
+    assert_eq!((counted.countries, counted.climas, counted.country_clima), expected(n));
 
-    let db = mongodb::Client::with_uri_str(&options.mongodb_uri)
-        .await
-        .unwrap()
-        .database(&options.mongodb_database());
+    let db =
+        mongodb::Client::with_uri_str(&options.stack.mongodb_uri).await.unwrap().database(&database(options));
     let tweets = db.collection::<mongodb::bson::Document>("tweets");
     assert_eq!(tweets.count_documents(Default::default()).await.unwrap(), n as u64, "archived");
 }
 
 /// Removes what a test left in Redis and MongoDB (topics stay; they are small and unique).
 async fn clean(options: &Options) {
-    let mut redis = redis::Client::open(options.redis_url.as_str())
+    let mut redis = redis::Client::open(options.stack.redis_url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let keys: Vec<String> = redis.keys(format!("{}*", options.redis_prefix())).await.unwrap();
+    let keys: Vec<String> = redis.keys(keyspace(options).pattern()).await.unwrap();
     if !keys.is_empty() {
         let _: () = redis.del(keys).await.unwrap();
     }
-    let client = mongodb::Client::with_uri_str(&options.mongodb_uri).await.unwrap();
-    client.database(&options.mongodb_database()).drop().await.unwrap();
+    let client = mongodb::Client::with_uri_str(&options.stack.mongodb_uri).await.unwrap();
+    client.database(&database(options)).drop().await.unwrap();
+}
+
+/// counter's keys in this run, as the manifests and the run id make them.
+fn keyspace(options: &Options) -> Keyspace {
+    Keyspace::new(&options.stack.env_of("counter", "REDIS_KEY_PREFIX").unwrap())
+}
+
+/// archiver's database in this run.
+fn database(options: &Options) -> String {
+    options.stack.env_of("archiver", "MONGODB_DATABASE").unwrap()
 }
 
 /// The value of the first sample of `/metrics` of `function` whose line starts with `series`.
 async fn metric(runner: &Runner, function: &str, series: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", runner.functions.url(function)))
+    let text = reqwest::get(format!("{}/metrics", runner.functions.url(function).unwrap()))
         .await
         .unwrap()
         .text()
@@ -238,9 +229,10 @@ impl OwnRedis {
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_stopped_mid_burst_is_retried_not_lost() {
     let dir = std::env::temp_dir().join(format!("redis-{}", uuid::Uuid::new_v4()));
-    let redis = OwnRedis::start(free_ports(), dir).await;
-    let redis_url = format!("redis://127.0.0.1:{}/0", redis.port);
-    let runner = Runner::start(Options { redis_url, ..options() }).await.expect("runner starts");
+    let redis = OwnRedis::start(testkit::free_ports(1), dir).await;
+    let mut options = options();
+    options.stack.redis_url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let runner = Runner::start(options).await.expect("runner starts");
     post(&runner, 0..100).await;
     let (port, dir) = redis.stop().await;
     post(&runner, 100..200).await;
@@ -249,7 +241,7 @@ async fn redis_stopped_mid_burst_is_retried_not_lost() {
     post(&runner, 200..250).await;
     assert_exact(&runner, 250).await;
     let log = std::fs::read_to_string(runner.functions.log_file("counter")).unwrap();
-    assert!(log.contains("Redis update failed"), "counter never saw Redis down, so nothing was retried");
+    assert!(log.contains("Store update failed"), "counter never saw Redis down, so nothing was retried");
     runner.stop().await;
     let (_, dir) = redis.stop().await;
     let _ = std::fs::remove_dir_all(dir);
@@ -260,8 +252,8 @@ async fn a_garbage_record_is_dead_lettered_and_the_pipeline_keeps_flowing() {
     let runner = Runner::start(options()).await.expect("runner starts");
     let options = runner.options.clone();
     let producer: FutureProducer =
-        ClientConfig::new().set("bootstrap.servers", &options.kafka_brokers).create().unwrap();
-    let topic = options.topic("messages");
+        ClientConfig::new().set("bootstrap.servers", &options.stack.kafka_brokers).create().unwrap();
+    let topic = options.stack.topic("messages");
     producer
         .send(
             FutureRecord::to(&topic).key("Chile").payload(&b"\xff not a tweet"[..]),
@@ -273,9 +265,9 @@ async fn a_garbage_record_is_dead_lettered_and_the_pipeline_keeps_flowing() {
     assert_exact(&runner, 50).await;
     assert_eq!(runner.dead_lettered(), 2, "one dead letter per KafkaSource");
 
-    let dlq = options.topic("messages-dlq");
+    let dlq = options.stack.topic("messages-dlq");
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &options.kafka_brokers)
+        .set("bootstrap.servers", &options.stack.kafka_brokers)
         .set("group.id", format!("{dlq}-reader"))
         .set("auto.offset.reset", "earliest")
         .create()

@@ -6,7 +6,6 @@ use crate::{assert_exact, clean, options, post};
 use runner::{
     Mode, Options, Runner,
     events::{EventKind, ScaleEvent},
-    functions::NAMES,
 };
 use std::{
     path::Path,
@@ -26,20 +25,26 @@ fn mode_options(mode: Mode) -> Options {
 /// runner believes): one of our binaries with this run's topic in its environment.
 fn our_processes(options: &Options) -> Vec<(u32, String)> {
     let bin_dir = options.bin_dir.clone().unwrap();
-    let topic = format!("KAFKA_TOPIC={}", options.topic("messages"));
+    let topic = format!("KAFKA_TOPIC={}", options.stack.topic("messages"));
+    let names = names(options);
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let argv0 =
             String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap_or_default()).into_owned();
-        let Some(name) = NAMES.into_iter().find(|n| Path::new(&argv0) == bin_dir.join(n)) else { continue };
+        let Some(name) = names.iter().find(|n| Path::new(&argv0) == bin_dir.join(n)) else { continue };
         let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
         if environ.split(|b| *b == 0).any(|var| var == topic.as_bytes()) {
             found.push((pid, name.to_owned()));
         }
     }
     found
+}
+
+/// The functions of the manifests.
+fn names(options: &Options) -> Vec<String> {
+    options.stack.services().unwrap().into_iter().map(|s| s.name).collect()
 }
 
 fn of(events: &[ScaleEvent], kind: EventKind, function: &str) -> Vec<ScaleEvent> {
@@ -68,7 +73,8 @@ async fn scale_to_zero_starts_on_demand_and_stops_when_idle() {
     post(&runner, 0..50).await;
     assert_exact(&runner, 50).await;
     let first = runner.events();
-    for name in NAMES {
+    for name in names(&options) {
+        let name = name.as_str();
         assert_eq!(of(&first, EventKind::Start, name).len(), 1, "{name} started once: {first:#?}");
         assert!(!of(&first, EventKind::ColdStart, name).is_empty(), "{name}: a request waited for it");
     }
@@ -85,7 +91,8 @@ async fn scale_to_zero_starts_on_demand_and_stops_when_idle() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let gap = runner.events();
-    for name in NAMES {
+    for name in names(&options) {
+        let name = name.as_str();
         let stops = of(&gap, EventKind::Stop, name);
         assert_eq!(stops.len(), 1, "{name} stopped once");
         assert_eq!(stops[0].pid, of(&gap, EventKind::Start, name)[0].pid, "{name}: the process it started");
@@ -96,7 +103,8 @@ async fn scale_to_zero_starts_on_demand_and_stops_when_idle() {
     assert_exact(&runner, 100).await;
     let all = runner.events();
     let after = &all[gap.len()..];
-    for name in NAMES {
+    for name in names(&options) {
+        let name = name.as_str();
         let cold = of(after, EventKind::ColdStart, name);
         assert!(!cold.is_empty(), "{name}: no cold start after the gap: {after:#?}");
         assert!(cold.iter().all(|e| e.latency_ms.is_some_and(|ms| ms > 0.0)), "{name}: {cold:?}");
@@ -146,7 +154,8 @@ async fn always_on_keeps_every_function_running_and_has_no_cold_start() {
     let events = runner.events();
     assert!(events.iter().all(|e| e.event != EventKind::ColdStart), "{events:#?}");
     assert_eq!(events.iter().filter(|e| e.event == EventKind::Start).count(), 4, "no restart");
-    for name in NAMES {
+    for name in names(&options) {
+        let name = name.as_str();
         assert!(of(&events, EventKind::Ready, name)[0].ready_ms.is_some_and(|ms| ms > 0.0));
     }
     clean(&runner.options).await;

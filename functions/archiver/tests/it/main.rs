@@ -10,15 +10,13 @@ use axum::{
 };
 use common::event::{KAFKA_EVENT_TYPE, TWEET_TYPE};
 use futures::TryStreamExt;
-use http_body_util::BodyExt;
 use mongodb::bson::{Bson, DateTime, Document, doc};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::time::Duration;
-use tower::ServiceExt;
-
-fn mongodb_uri() -> String {
-    std::env::var("MONGODB_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".into())
-}
+use testkit::{
+    event::{binary, send},
+    mongodb_uri,
+};
 
 fn config(uri: &str, database: &str, timeout_ms: u64) -> Config {
     Config {
@@ -47,7 +45,7 @@ impl Fixture {
             .run_command(doc! {"ping": 1})
             .await
             .unwrap_or_else(|e| panic!("MongoDB at {} is needed and unreachable: {e}", mongodb_uri()));
-        Fixture { app: archiver::router(archive), database: client.database(&name) }
+        Fixture { app: common::sink::router(std::sync::Arc::new(archive)), database: client.database(&name) }
     }
 
     async fn documents(&self) -> Vec<Document> {
@@ -58,26 +56,6 @@ impl Fixture {
     async fn drop_database(self) {
         self.database.drop().await.unwrap();
     }
-}
-
-async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Value) {
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-}
-
-fn binary(id: &str, ty: &str, data: &str, extra: &[(&str, &str)]) -> Request<Body> {
-    let mut builder = Request::post("/")
-        .header("ce-specversion", "1.0")
-        .header("ce-id", id)
-        .header("ce-type", ty)
-        .header("ce-source", "/it/archiver")
-        .header("content-type", "application/json");
-    for (name, value) in extra {
-        builder = builder.header(*name, *value);
-    }
-    builder.body(Body::from(data.to_owned())).unwrap()
 }
 
 const TRACEPARENT: &str = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01";
@@ -212,7 +190,7 @@ async fn events_that_can_never_be_archived_are_400_or_413_and_write_nothing() {
 #[tokio::test]
 async fn unreachable_mongodb_is_503() {
     let archive = Archive::new(&config("mongodb://127.0.0.1:1", "unreachable", 300)).await.unwrap();
-    let app = archiver::router(archive);
+    let app = common::sink::router(std::sync::Arc::new(archive));
     let (status, body) = tokio::time::timeout(Duration::from_secs(10), send(&app, delivered()))
         .await
         .expect("an answer, not a hang");

@@ -7,16 +7,14 @@ use axum::{
     http::{Request, StatusCode},
 };
 use common::event::{KAFKA_EVENT_TYPE, TWEET_TYPE};
-use counter::{Config, Counts};
-use http_body_util::BodyExt;
+use counter::{Config, Counts, Keyspace};
 use redis::AsyncCommands;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::{collections::HashMap, sync::Arc, time::Duration};
-use tower::ServiceExt;
-
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
-}
+use testkit::{
+    event::{binary, kafka_record, send, structured, tweet as tweet_event},
+    redis_url,
+};
 
 /// A counter with keys of its own, and a connection to read them.
 struct Fixture {
@@ -37,16 +35,16 @@ impl Fixture {
     }
 
     async fn total(&mut self) -> Option<i64> {
-        self.redis.get(format!("{}total", self.prefix)).await.unwrap()
+        self.redis.get(Keyspace::new(&self.prefix).total()).await.unwrap()
     }
 
-    async fn hash(&mut self, name: &str) -> HashMap<String, i64> {
-        self.redis.hgetall(format!("{}{name}", self.prefix)).await.unwrap()
+    async fn hash(&mut self, key: fn(&Keyspace) -> String) -> HashMap<String, i64> {
+        self.redis.hgetall(key(&Keyspace::new(&self.prefix))).await.unwrap()
     }
 
     /// Removes every key of this test.
     async fn clean(mut self) {
-        let keys: Vec<String> = self.redis.keys(format!("{}*", self.prefix)).await.unwrap();
+        let keys: Vec<String> = self.redis.keys(Keyspace::new(&self.prefix).pattern()).await.unwrap();
         if !keys.is_empty() {
             let _: () = self.redis.del(keys).await.unwrap();
         }
@@ -63,56 +61,7 @@ fn app(redis_url: &str, prefix: &str, redis_timeout_ms: u64) -> Router {
         dedup_ttl_s: 600,
         redis_timeout_ms,
     };
-    counter::router(Arc::new(Counts::new(&config).expect("a valid Redis URL")))
-}
-
-async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Value) {
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-}
-
-/// A tweet event in binary content mode, with extra `ce-*` headers.
-fn binary(id: &str, ty: &str, data: &str, extra: &[(&str, &str)]) -> Request<Body> {
-    let mut builder = Request::post("/")
-        .header("ce-specversion", "1.0")
-        .header("ce-id", id)
-        .header("ce-type", ty)
-        .header("ce-source", "/it/counter")
-        .header("ce-time", "2025-01-02T03:04:05Z")
-        .header("content-type", "application/json");
-    for (name, value) in extra {
-        builder = builder.header(*name, *value);
-    }
-    builder.body(Body::from(data.to_owned())).unwrap()
-}
-
-fn tweet_event(id: &str) -> Request<Body> {
-    binary(id, TWEET_TYPE, r#"{"texto":"Hoy llueve","pais":"Perú","clima":"lluvioso"}"#, &[])
-}
-
-/// What a KafkaSource delivers for record `partition`/`offset`: the raw tweet, wrapped.
-fn kafka_record(partition: u32, offset: u64, tweet: &str) -> Request<Body> {
-    let id = format!("partition:{partition}/offset:{offset}");
-    let (p, o) = (partition.to_string(), offset.to_string());
-    binary(
-        &id,
-        KAFKA_EVENT_TYPE,
-        tweet,
-        &[
-            ("ce-source", "/apis/v1/namespaces/default/kafkasources/counter#messages"),
-            ("ce-knativekafkapartition", &p),
-            ("ce-knativekafkaoffset", &o),
-        ],
-    )
-}
-
-fn structured(event: &Value) -> Request<Body> {
-    Request::post("/")
-        .header("content-type", "application/cloudevents+json")
-        .body(Body::from(event.to_string()))
-        .unwrap()
+    common::sink::router(Arc::new(Counts::new(&config).expect("a valid Redis URL")))
 }
 
 #[tokio::test]
@@ -133,10 +82,13 @@ async fn binary_and_structured_events_are_counted() {
     assert_eq!((status, body), (StatusCode::OK, json!({"duplicate": false})));
 
     assert_eq!(f.total().await, Some(2));
-    assert_eq!(f.hash("countries").await, HashMap::from([("Perú".into(), 1), ("Chile".into(), 1)]));
-    assert_eq!(f.hash("climas").await, HashMap::from([("lluvioso".into(), 1), ("soleado".into(), 1)]));
+    assert_eq!(f.hash(Keyspace::countries).await, HashMap::from([("Perú".into(), 1), ("Chile".into(), 1)]));
     assert_eq!(
-        f.hash("country-clima").await,
+        f.hash(Keyspace::climas).await,
+        HashMap::from([("lluvioso".into(), 1), ("soleado".into(), 1)])
+    );
+    assert_eq!(
+        f.hash(Keyspace::country_clima).await,
         HashMap::from([("Perú/lluvioso".into(), 1), ("Chile/soleado".into(), 1)])
     );
     f.clean().await;
@@ -168,9 +120,9 @@ async fn a_kafka_record_is_counted_once_however_often_it_is_delivered() {
     assert_eq!(send(&f.app, kafka_record(0, 5 + (1 << 20), tweet)).await.1, json!({"duplicate": false}));
 
     assert_eq!(f.total().await, Some(4));
-    assert_eq!(f.hash("countries").await, HashMap::from([("Guatemala".into(), 4)]));
-    assert_eq!(f.hash("climas").await, HashMap::from([("niebla".into(), 4)]));
-    assert_eq!(f.hash("country-clima").await, HashMap::from([("Guatemala/niebla".into(), 4)]));
+    assert_eq!(f.hash(Keyspace::countries).await, HashMap::from([("Guatemala".into(), 4)]));
+    assert_eq!(f.hash(Keyspace::climas).await, HashMap::from([("niebla".into(), 4)]));
+    assert_eq!(f.hash(Keyspace::country_clima).await, HashMap::from([("Guatemala/niebla".into(), 4)]));
     f.clean().await;
 }
 
@@ -181,7 +133,7 @@ async fn an_event_without_a_position_is_deduplicated_by_id() {
     assert_eq!(send(&f.app, tweet_event("same-id")).await, (StatusCode::OK, json!({"duplicate": true})));
     assert_eq!(send(&f.app, tweet_event("other-id")).await, (StatusCode::OK, json!({"duplicate": false})));
     assert_eq!(f.total().await, Some(2));
-    assert_eq!(f.hash("countries").await, HashMap::from([("Perú".into(), 2)]));
+    assert_eq!(f.hash(Keyspace::countries).await, HashMap::from([("Perú".into(), 2)]));
     f.clean().await;
 }
 

@@ -2,10 +2,15 @@
 //! read back from the stack's Jaeger: every span present once, every parent link right, an
 //! incoming `traceparent` continued.
 
-use crate::{env_or, free_ports, options, tweet};
+use crate::{pipeline_args, stack, tweet};
 use std::{
     collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
+};
+use testkit::env_or;
+use tools::{
+    pipeline::Pipeline,
+    state::{State, jaeger},
 };
 
 /// A span as Jaeger's HTTP API returns it, reduced to what the test checks.
@@ -16,97 +21,19 @@ struct SpanInfo {
     parent: Option<String>,
 }
 
-/// The runner as its own process, exporting traces like the functions it starts.
-struct TracedRunner {
-    child: tokio::process::Child,
-    ingest: String,
-}
-
-impl TracedRunner {
-    async fn start(options: &runner::Options) -> TracedRunner {
-        let otlp = format!("http://127.0.0.1:{}", env_or("JAEGER_OTLP_PORT", "4317"));
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_runner"))
-            .args([
-                "--run-id",
-                options.run_id.as_deref().unwrap(),
-                "--base-port",
-                &options.base_port.to_string(),
-            ])
-            .arg("--manifests")
-            .arg(&options.manifests)
-            .arg("--overlays")
-            .arg(&options.overlays)
-            .arg("--log-dir")
-            .arg(&options.log_dir)
-            .arg("up")
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-            // Log levels must not thin out traces.
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the runner starts");
-        let ingest = format!("http://127.0.0.1:{}", runner::functions::port(options.base_port, "ingest"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !reqwest::get(format!("{ingest}/health/readiness")).await.is_ok_and(|r| r.status().is_success())
-        {
-            assert!(Instant::now() < deadline, "the runner did not start; see {}", options.log_dir.display());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        TracedRunner { child, ingest }
-    }
-
-    /// SIGTERM, so every process flushes its spans.
-    async fn stop(mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id().unwrap() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        self.child.wait().await.unwrap();
-    }
-}
-
-/// The spans of one trace, once `expected` of them arrived (the exporters batch).
+/// The spans of one trace by id, once `expected` of them arrived (the exporters batch).
 async fn trace(trace_id: &str, expected: usize) -> BTreeMap<String, SpanInfo> {
-    let url = format!("http://127.0.0.1:{}/api/traces/{trace_id}", env_or("JAEGER_UI_PORT", "16686"));
+    let jaeger_url = format!("http://127.0.0.1:{}", env_or("JAEGER_UI_PORT", "16686"));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let response = reqwest::get(&url).await.expect("Jaeger is down — start it with `dev/stack up`");
-        let spans = if response.status().is_success() {
-            let body: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
-            spans(&body)
-        } else {
-            BTreeMap::new()
-        };
+        let spans = jaeger::trace(&jaeger_url, trace_id, expected).await;
         if spans.len() >= expected || Instant::now() > deadline {
-            return spans;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn spans(body: &serde_json::Value) -> BTreeMap<String, SpanInfo> {
-    let mut all = BTreeMap::new();
-    for trace in body["data"].as_array().into_iter().flatten() {
-        let processes = &trace["processes"];
-        for span in trace["spans"].as_array().into_iter().flatten() {
-            let parent = span["references"]
-                .as_array()
+            return spans
                 .into_iter()
-                .flatten()
-                .find(|r| r["refType"] == "CHILD_OF")
-                .map(|r| r["spanID"].as_str().unwrap().to_owned());
-            let service = processes[span["processID"].as_str().unwrap()]["serviceName"].as_str().unwrap();
-            all.insert(
-                span["spanID"].as_str().unwrap().to_owned(),
-                SpanInfo {
-                    service: service.to_owned(),
-                    operation: span["operationName"].as_str().unwrap().to_owned(),
-                    parent,
-                },
-            );
+                .map(|s| (s.id, SpanInfo { service: s.service, operation: s.operation, parent: s.parent }))
+                .collect();
         }
     }
-    all
 }
 
 /// Checks the whole tree of one tweet's trace; returns the span id of ingest's server span's
@@ -154,9 +81,17 @@ fn check_tree(spans: &BTreeMap<String, SpanInfo>, topic: &str) -> Option<String>
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_tweet_is_one_trace_through_all_four_functions() {
-    let options = runner::Options { base_port: free_ports(), ..options() };
-    let topic = options.topic("messages");
-    let runner = TracedRunner::start(&options).await;
+    let stack = stack();
+    let topic = stack.topic("messages");
+    let otlp = format!("http://127.0.0.1:{}", env_or("JAEGER_OTLP_PORT", "4317"));
+    // Log levels must not thin out traces.
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", Some(otlp.as_str())),
+        ("OTEL_BSP_SCHEDULE_DELAY", Some("100")),
+        ("RUST_LOG", Some("warn")),
+    ];
+    let runner =
+        Pipeline::start_with_env(&stack, &pipeline_args(), &[], &env).await.expect("the runner starts");
     let client = reqwest::Client::new();
 
     // Three tweets continue a caller's trace; three start their own.
@@ -164,7 +99,7 @@ async fn every_tweet_is_one_trace_through_all_four_functions() {
     let mut accepted = Vec::new();
     for i in 0..6 {
         let mut request = client
-            .post(format!("{}/input", runner.ingest))
+            .post(format!("{}/input", runner.ingest_url()))
             .header("content-type", "application/json")
             .body(tweet(i).to_string());
         if i < 3 {
@@ -180,11 +115,7 @@ async fn every_tweet_is_one_trace_through_all_four_functions() {
     }
 
     // The archive records each tweet's trace id; wait until all six are there.
-    let db = mongodb::Client::with_uri_str(&options.mongodb_uri)
-        .await
-        .unwrap()
-        .database(&options.mongodb_database());
-    let tweets = db.collection::<mongodb::bson::Document>("tweets");
+    let tweets = State::new(&stack).unwrap().archive().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while tweets.count_documents(Default::default()).await.unwrap() < 6 {
         assert!(Instant::now() < deadline, "tweets not archived");
@@ -232,6 +163,7 @@ async fn every_tweet_is_one_trace_through_all_four_functions() {
         );
     }
 
+    // SIGTERM, so every process flushes its spans.
     runner.stop().await;
-    db.drop().await.unwrap();
+    tweets.drop().await.unwrap();
 }

@@ -1,0 +1,128 @@
+//! What the integration tests share, so no crate keeps a copy (a dev-dependency only): the
+//! local stack's addresses ([`kafka_brokers`], [`redis_url`], [`mongodb_uri`]), fresh names
+//! ([`unique`]), ports ([`closed_port`], [`free_ports`]), CloudEvent requests for the sinks
+//! ([`event`]) and one cleanup policy ([`with_cleanup`]).
+//!
+//! The cleanup policy: a test removes what it created (its keys, database, topic) whether it
+//! passes or fails, through [`with_cleanup`]; names are unique per test, so a test killed
+//! half-way leaves only garbage nobody reads, never a clash.
+
+use futures::FutureExt;
+use std::{future::Future, net::TcpListener, panic::AssertUnwindSafe};
+
+/// An address from the environment, or the loopback default the local stack listens on.
+pub fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| default.to_owned())
+}
+
+pub fn kafka_brokers() -> String {
+    env_or("KAFKA_BROKERS", "127.0.0.1:9092")
+}
+
+pub fn redis_url() -> String {
+    env_or("REDIS_URL", "redis://127.0.0.1:6379/0")
+}
+
+pub fn mongodb_uri() -> String {
+    env_or("MONGODB_URI", "mongodb://127.0.0.1:27017")
+}
+
+/// A name no other test uses: `prefix` and a fresh UUIDv7 (letters and digits only, so it suits
+/// a topic, a key prefix and a database alike).
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A loopback port nothing listens on: bound by us, then released.
+pub fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
+    listener.local_addr().expect("a bound listener has an address").port()
+}
+
+/// The first of `n` consecutive loopback ports free now.
+pub fn free_ports(n: u16) -> u16 {
+    for _ in 0..100 {
+        let base = 20_000 + (uuid::Uuid::new_v4().as_u128() % 40_000) as u16;
+        if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free ports on 127.0.0.1");
+}
+
+/// Runs `body`, then `cleanup` even when `body` panicked, so a failing assertion leaves nothing
+/// behind; the panic is then resumed.
+pub async fn with_cleanup<T>(body: impl Future<Output = T>, cleanup: impl Future<Output = ()>) -> T {
+    let outcome = AssertUnwindSafe(body).catch_unwind().await;
+    cleanup.await;
+    outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// CloudEvents as a KafkaSource delivers them to a sink, and the sink's answer.
+pub mod event {
+    use axum::{
+        Router,
+        body::Body,
+        http::{Request, StatusCode},
+    };
+    use http_body_util::BodyExt;
+    use serde_json::Value;
+    use tower::ServiceExt;
+
+    /// The `type` of our tweet events and of records KafkaSource wraps (as `common::event`).
+    pub const TWEET_TYPE: &str = "io.github.weathertweets.tweet.v1";
+    pub const KAFKA_EVENT_TYPE: &str = "dev.knative.kafka.event";
+
+    /// An event in binary content mode, with extra `ce-*` (or other) headers.
+    pub fn binary(id: &str, ty: &str, data: &str, extra: &[(&str, &str)]) -> Request<Body> {
+        let mut builder = Request::post("/")
+            .header("ce-specversion", "1.0")
+            .header("ce-id", id)
+            .header("ce-type", ty)
+            .header("ce-source", "/it/sink")
+            .header("content-type", "application/json");
+        for (name, value) in extra {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(Body::from(data.to_owned())).unwrap()
+    }
+
+    /// One of our tweet events (a valid tweet) in binary mode.
+    pub fn tweet(id: &str) -> Request<Body> {
+        let data = r#"{"texto":"Hoy llueve","pais":"Perú","clima":"lluvioso"}"#;
+        binary(id, TWEET_TYPE, data, &[("ce-time", "2025-01-02T03:04:05Z")])
+    }
+
+    /// What a KafkaSource delivers for record `partition`/`offset` of `messages`: the raw
+    /// tweet, wrapped.
+    pub fn kafka_record(partition: u32, offset: u64, tweet: &str) -> Request<Body> {
+        let id = format!("partition:{partition}/offset:{offset}");
+        let (p, o) = (partition.to_string(), offset.to_string());
+        binary(
+            &id,
+            KAFKA_EVENT_TYPE,
+            tweet,
+            &[
+                ("ce-source", "/apis/v1/namespaces/default/kafkasources/counter#messages"),
+                ("ce-knativekafkapartition", &p),
+                ("ce-knativekafkaoffset", &o),
+            ],
+        )
+    }
+
+    /// An event in structured content mode.
+    pub fn structured(event: &Value) -> Request<Body> {
+        Request::post("/")
+            .header("content-type", "application/cloudevents+json")
+            .body(Body::from(event.to_string()))
+            .unwrap()
+    }
+
+    /// Sends `request` through `app` in-process; the status and the JSON body (`null` if none).
+    pub async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Value) {
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+}

@@ -1,0 +1,62 @@
+//! `tools`: demo, bench, reset and counts of the local pipeline (`tools --help`).
+
+use clap::{Parser, Subcommand};
+use runner::Stack;
+use tools::{bench, demo, load, state::State};
+
+#[derive(Parser)]
+#[command(name = "tools", about = "Drives and measures the Weather Tweets pipeline on this machine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    stack: Stack,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Reset, run a Locust burst through the pipeline and print the audited summary.
+    Demo(demo::DemoArgs),
+    /// Measure the raw Kafka producer, ingest → Kafka and the whole pipeline (`make bench`).
+    Bench(bench::BenchArgs),
+    /// Delete and re-create the run's topics, clear its counters and drop its archive.
+    Reset,
+    /// Print the run's counts, archive size, records in Kafka and consumer lag as JSON.
+    Counts,
+    /// Run Locust's burst shape against a URL, writing its statistics into a folder.
+    Load {
+        /// The ingest URL.
+        #[arg(long)]
+        host: String,
+        /// Folder for locust.json, locust.log and (with --csv) the CSV files.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[command(flatten)]
+        load: load::LoadArgs,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Demo(args) => {
+            if !demo::run(&cli.stack, args).await?.ok() {
+                std::process::exit(1);
+            }
+        }
+        Command::Bench(args) => {
+            bench::run(&cli.stack, args).await?;
+        }
+        Command::Reset => State::new(&cli.stack)?.reset().await?,
+        Command::Counts => {
+            let snapshot = State::new(&cli.stack)?.snapshot().await?;
+            println!("{}", serde_json::to_string(&snapshot)?);
+        }
+        Command::Load { host, out, load } => {
+            let stats = load.spawn(&host, &out)?.finish().await?;
+            println!("{}", serde_json::to_string(&stats)?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! The tools against the real stack: the runner as a child process ([`Pipeline`]), audited by
+//! [`State`]. `traces.rs` follows tweets' traces through Jaeger.
+
+mod traces;
+
+use runner::Stack;
+use std::path::PathBuf;
+use tools::pipeline::PipelineArgs;
+
+/// A fresh run of the pipeline's state: its own topics, consumer groups, keys and database.
+pub fn stack() -> Stack {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    Stack {
+        manifests: root.join("knative/base"),
+        kafka_brokers: testkit::kafka_brokers(),
+        redis_url: testkit::redis_url(),
+        mongodb_uri: testkit::mongodb_uri(),
+        run_id: Some(testkit::unique("t")),
+    }
+}
+
+/// The runner and functions of this build, on free ports, logging under target/tools-tests.
+pub fn pipeline_args() -> PipelineArgs {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    PipelineArgs {
+        base_port: testkit::free_ports(4),
+        bin_dir: Some(PathBuf::from(env!("CARGO_BIN_EXE_tools")).parent().unwrap().to_path_buf()),
+        log_dir: root.join("target/tools-tests"),
+    }
+}
+
+/// The `i`-th tweet of a test.
+pub fn tweet(i: usize) -> serde_json::Value {
+    const COUNTRIES: [&str; 5] = ["Guatemala", "México", "El Salvador", "Perú", "Chile"];
+    const CLIMAS: [&str; 4] = ["soleado", "lluvioso", "nublado", "tormenta"];
+    serde_json::json!({
+        "texto": format!("Reporte número {i}"),
+        "pais": COUNTRIES[i % COUNTRIES.len()],
+        "clima": CLIMAS[i % CLIMAS.len()],
+    })
+}
