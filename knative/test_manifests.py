@@ -1,7 +1,8 @@
 """Consistency of the deployment files: every setting a function reads is set or deliberately
 left at its default, and names, images, ports, env and scaling agree across knative/base,
-functions/*/func.yaml, knative/deploy-kn.sh and the local runner. Schemas are knative/validate's
-job; func.yaml is checked here against knative/func's JSON schema (knative/schemas)."""
+functions/*/func.yaml and knative/deploy-kn.sh. The list of functions is the Knative Services
+that knative/base/kustomization.yaml lists. Schemas are knative/validate's job; func.yaml is
+checked here against knative/func's JSON schema (knative/schemas)."""
 
 import json
 import pathlib
@@ -15,9 +16,8 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BASE = ROOT / "knative" / "base"
-NAMES = ["ingest", "producer", "counter", "archiver"]
+CLUSTER = ROOT / "knative" / "cluster"
 IMAGE = "ghcr.io/weather-tweets/{}:0.1.0"
-PORT_NAME = {"ingest": "http1", "producer": "h2c", "counter": "http1", "archiver": "http1"}
 # Read by every function but deliberately not set: Knative sets PORT (to the container port),
 # HOST's default 0.0.0.0 is right inside a pod, RUST_LOG (read by telemetry.rs, not clap)
 # defaults to info.
@@ -30,9 +30,23 @@ def docs(path):
         return [d for d in yaml.safe_load_all(f) if d]
 
 
+def kustomization_docs(folder):
+    """Every document of the resources a kustomization.yaml lists, in its order."""
+    (k,) = docs(folder / "kustomization.yaml")
+    return [d for resource in k["resources"] for d in docs(folder / resource)]
+
+
+def is_knative_service(d):
+    return d["kind"] == "Service" and d["apiVersion"].startswith("serving.knative.dev/")
+
+
+# The functions: the Knative Services of the base, in the order the kustomization lists them.
+SERVICES = {d["metadata"]["name"]: d for d in kustomization_docs(BASE) if is_knative_service(d)}
+NAMES = list(SERVICES)
+
+
 def service(name):
-    (svc,) = [d for d in docs(BASE / f"{name}.yaml") if d["kind"] == "Service"]
-    return svc
+    return SERVICES[name]
 
 
 def container(name):
@@ -78,10 +92,14 @@ def flag_values(flags, flag):
     return [flags[i + 1] for i, f in enumerate(flags) if f == flag]
 
 
-def test_runner_knows_the_same_functions():
-    source = (ROOT / "runner" / "src" / "functions.rs").read_text()
-    names = re.search(r"pub const NAMES: \[&str; \d+\] = \[([^\]]*)\]", source).group(1)
-    assert re.findall(r'"(\w+)"', names) == NAMES
+def test_the_functions_are_the_services_of_the_base():
+    # Each Service has its own file, and every other place that deploys a function (func.yaml)
+    # exists for exactly these Services.
+    assert NAMES, "knative/base lists no Knative Service"
+    for name in NAMES:
+        assert [d for d in docs(BASE / f"{name}.yaml") if is_knative_service(d)] == [service(name)]
+    with_func_yaml = {p.parent.name for p in (ROOT / "functions").glob("*/func.yaml")}
+    assert with_func_yaml == set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -110,8 +128,11 @@ def test_service_shape(name):
     visibility = svc["metadata"].get("labels", {}).get("networking.knative.dev/visibility")
     assert visibility == (None if name == "ingest" else "cluster-local")
     assert c["image"] == IMAGE.format(name)
-    # The container port is the function's default PORT, which Knative sets anyway.
-    assert c["ports"] == [{"name": PORT_NAME[name], "containerPort": int(env_read(name)["PORT"])}]
+    # The container port is the function's default PORT, which Knative sets anyway; its name is
+    # one of the two Knative understands (h2c: Knative proxies HTTP/2 cleartext).
+    (port,) = c["ports"]
+    assert port["name"] in ("http1", "h2c")
+    assert port == {"name": port["name"], "containerPort": int(env_read(name)["PORT"])}
     assert c["readinessProbe"]["httpGet"]["path"] == "/health/readiness"
     assert c["livenessProbe"]["httpGet"]["path"] == "/health/liveness"
     assert c["securityContext"] == {
@@ -127,6 +148,11 @@ def test_service_shape(name):
 
 def test_ingest_reaches_producer_through_its_cluster_local_address():
     assert service_env("ingest")["PRODUCER_URL"]["value"] == "http://producer.weather.svc.cluster.local"
+
+
+def test_the_grpc_callee_speaks_h2c():
+    callee = re.fullmatch(r"http://(\w+)\.weather\.svc\.cluster\.local", service_env("ingest")["PRODUCER_URL"]["value"]).group(1)
+    assert container(callee)["ports"][0]["name"] == "h2c", "gRPC needs HTTP/2 end to end"
 
 
 def test_kafka_settings_agree_with_strimzi_and_the_sources():
@@ -209,7 +235,7 @@ def test_func_yaml_matches_its_schema_and_the_service(name):
 def test_kn_script_matches_the_service(name):
     flags = kn_calls()[name]
     c = container(name)
-    assert flag_values(flags, "--port") == [f"{PORT_NAME[name]}:{c['ports'][0]['containerPort']}"]
+    assert flag_values(flags, "--port") == [f"{c['ports'][0]['name']}:{c['ports'][0]['containerPort']}"]
     assert ("--cluster-local" in flags) == (name != "ingest")
     env = dict(v.split("=", 1) for v in flag_values(flags, "--env"))
     secret_env = dict(v.split("=", 1) for v in flag_values(flags, "--env-value-from"))
@@ -240,3 +266,4 @@ def test_kn_script_shared_settings():
                  "readOnlyRootFilesystem: true", "seccompProfile:"):
         assert flag in text, flag
     assert re.search(r"scale-to-zero\) min_scale=0", text) and re.search(r"always-on\) min_scale=1", text)
+
