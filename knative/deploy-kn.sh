@@ -2,7 +2,7 @@
 # Deploys Weather Tweets with the kn CLI (kn >= 1.x, tested against the flags of
 # knative-v1.23): one `kn service apply` per function with the same image, env, secrets,
 # ports, probes, resources and scaling as knative/base plus an overlay, then the dead-letter
-# KafkaSink and the two KafkaSources from knative/base.
+# KafkaSink and the two KafkaSources from knative/base; first the NetworkPolicies of knative/base.
 #
 #   knative/deploy-kn.sh scale-to-zero|always-on
 #
@@ -74,6 +74,10 @@ apply() {
     --probe-liveness http:::/health/liveness --probe-liveness-opts PeriodSeconds=10 \
     "${scaling[@]}" "$@"
 }
+
+# Who may call the functions, before any of them has a pod (knative/README.md, "Who may call
+# the functions"; the cluster-wide half, knative/cluster, is the cluster operator's to apply).
+kubectl apply -f "$here/base/network-policies.yaml"
 
 # producer first: ingest calls it.
 apply producer --cluster-local --port h2c:8080 \
