@@ -86,13 +86,14 @@ apply producer --cluster-local --port h2c:8080 \
   --env KAFKA_TOPIC=messages \
   --env KAFKA_LINGER_MS=5 \
   --env KAFKA_MESSAGE_TIMEOUT_MS=8000 \
+  --env KAFKA_QUEUE_TIMEOUT_MS=2000 \
   --env EVENT_SOURCE=/weather-tweets/producer
 
 apply ingest --no-cluster-local --port http1:8080 \
   --request cpu=100m,memory=32Mi --limit cpu=1,memory=128Mi \
   --env PRODUCER_URL=http://producer.weather.svc.cluster.local \
   --env MAX_BODY_BYTES=16384 \
-  --env PRODUCER_TIMEOUT_MS=10000
+  --env PRODUCER_TIMEOUT_MS=12000
 
 apply counter --cluster-local --port http1:8080 \
   --request cpu=100m,memory=32Mi --limit cpu=1,memory=128Mi \

@@ -217,6 +217,10 @@ pub struct Options {
     /// truncated at start.
     #[arg(long, env = "RUNNER_EVENTS")]
     pub events: Option<PathBuf>,
+    /// Overrides every KafkaSource's `delivery.backoffDelay`, in milliseconds: tests shrink the
+    /// retry budget with it to reach the dead-letter sink in seconds.
+    #[arg(long, env = "RUNNER_BACKOFF_DELAY_MS")]
+    pub backoff_delay_ms: Option<u64>,
 }
 
 impl Options {
@@ -264,7 +268,10 @@ impl Runner {
     /// front of them), then the sources.
     pub async fn start(options: Options) -> anyhow::Result<Runner> {
         let idle_period = idle_period(&options)?;
-        let sources = options.stack.kafka_sources()?;
+        let mut sources = options.stack.kafka_sources()?;
+        if let Some(ms) = options.backoff_delay_ms {
+            sources.iter_mut().for_each(|s| s.delivery.backoff_delay = Duration::from_millis(ms));
+        }
         let mut topics: Vec<String> = sources
             .iter()
             .flat_map(|s| s.topics.iter().chain(&s.delivery.dead_letter_topic))

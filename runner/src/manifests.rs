@@ -576,6 +576,40 @@ mod tests {
     }
 
     #[test]
+    fn ingest_waits_longer_than_producer_can_take() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../knative/base");
+        let services = services(&dir).unwrap();
+        let ms = |service: &str, var: &str| -> u64 {
+            let s = services.iter().find(|s| s.name == service).unwrap();
+            match &s.env.iter().find(|e| e.name == var).unwrap_or_else(|| panic!("{service} {var}")).value {
+                EnvValue::Value(v) => v.parse().unwrap(),
+                EnvValue::Secret { .. } => panic!("{var} is a secret"),
+            }
+        };
+        let producer = ms("producer", "KAFKA_QUEUE_TIMEOUT_MS") + ms("producer", "KAFKA_MESSAGE_TIMEOUT_MS");
+        assert!(
+            ms("ingest", "PRODUCER_TIMEOUT_MS") > producer,
+            "a 503 from ingest must mean Kafka did not take it"
+        );
+    }
+
+    #[test]
+    fn the_delivery_budget_covers_a_ten_minute_outage() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../knative/base");
+        for source in kafka_sources(&dir).unwrap() {
+            let waits: Duration =
+                (1..=source.delivery.retry).map(|n| source.delivery.wait_before_retry(n)).sum();
+            assert!(waits >= Duration::from_secs(600), "{}: {waits:?}", source.name);
+            let longest = source.delivery.wait_before_retry(source.delivery.retry);
+            assert!(
+                longest <= Duration::from_secs(120),
+                "{}: the last wait {longest:?} delays recovery",
+                source.name
+            );
+        }
+    }
+
+    #[test]
     fn cluster_addresses() {
         assert_eq!(
             cluster_service("http://producer.weather.svc.cluster.local"),

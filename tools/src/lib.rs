@@ -6,6 +6,8 @@
 
 pub mod bench;
 pub mod demo;
+pub mod faults;
 pub mod load;
 pub mod pipeline;
+pub mod replay;
 pub mod state;

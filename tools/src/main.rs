@@ -1,8 +1,9 @@
-//! `tools`: demo, bench, reset and counts of the local pipeline (`tools --help`).
+//! `tools`: demo, bench, fault suite, dead-letter replay, reset and counts of the local pipeline
+//! (`tools --help`).
 
 use clap::{Parser, Subcommand};
 use runner::Stack;
-use tools::{bench, demo, load, state::State};
+use tools::{bench, demo, faults, load, replay, state::State};
 
 #[derive(Parser)]
 #[command(name = "tools", about = "Drives and measures the Weather Tweets pipeline on this machine")]
@@ -19,6 +20,10 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measure the raw Kafka producer, ingest → Kafka and the whole pipeline (`make bench`).
     Bench(bench::BenchArgs),
+    /// Run the fault suite against the real local stack and print its table (`make faults`).
+    Faults(faults::FaultArgs),
+    /// Deliver the dead letters again to the sinks they name, keeping their identity.
+    Replay(replay::ReplayArgs),
     /// Delete and re-create the run's topics, clear its counters and drop its archive.
     Reset,
     /// Print the run's counts, archive size, records in Kafka and consumer lag as JSON.
@@ -47,6 +52,19 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench(args) => {
             bench::run(&cli.stack, args).await?;
+        }
+        Command::Faults(args) => {
+            let rows = faults::run(&cli.stack, &args).await?;
+            if !rows.iter().all(faults::Row::ok) {
+                eprintln!(
+                    "FAILED: a scenario lost or double-counted tweets, or a check failed (see the table)"
+                );
+                std::process::exit(1);
+            }
+        }
+        Command::Replay(args) => {
+            let replayed = replay::run(&State::new(&cli.stack)?, &args).await?;
+            println!("{}", serde_json::to_string(&replayed)?);
         }
         Command::Reset => State::new(&cli.stack)?.reset().await?,
         Command::Counts => {

@@ -13,6 +13,22 @@ pub const KAFKA_EVENT_TYPE: &str = "dev.knative.kafka.event";
 /// Extensions KafkaSource adds to every event it delivers.
 pub const PARTITION_EXTENSION: &str = "knativekafkapartition";
 pub const OFFSET_EXTENSION: &str = "knativekafkaoffset";
+/// Extension of a tweet event published with an `Idempotency-Key`: its id is the key's UUIDv5,
+/// so the sinks deduplicate it by id as well as by Kafka position.
+pub const IDEMPOTENT_EXTENSION: &str = "weatheridempotent";
+/// Longest `Idempotency-Key` accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
+/// The namespace of the UUIDv5 an idempotency key becomes (a fixed, random UUID of ours).
+pub const IDEMPOTENCY_NAMESPACE: uuid::Uuid = uuid::uuid!("6f1d2a8e-4c0b-4d5e-9a3f-1b7c8d9e0f12");
+
+/// The event id of a tweet: the UUIDv5 of its idempotency key, else a fresh UUIDv7.
+pub fn event_id(idempotency_key: &str) -> String {
+    if idempotency_key.is_empty() {
+        uuid::Uuid::now_v7().to_string()
+    } else {
+        uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, idempotency_key.as_bytes()).to_string()
+    }
+}
 
 /// Builds the tweet event that `producer` writes to Kafka.
 pub fn tweet_event(id: &str, source: &str, tweet: &Tweet) -> Event {
@@ -37,6 +53,8 @@ pub struct Received {
     pub position: Option<Position>,
     /// The W3C trace id from the event's `traceparent` extension, when it has a valid one.
     pub trace_id: Option<String>,
+    /// Published with an `Idempotency-Key`: the id identifies the tweet across records.
+    pub idempotent: bool,
 }
 
 /// A record's place in its topic.
@@ -93,6 +111,7 @@ impl Received {
             time: event.time().copied(),
             position,
             trace_id,
+            idempotent: event.extension(IDEMPOTENT_EXTENSION).is_some(),
         })
     }
 }

@@ -15,8 +15,11 @@
 //!   written within the last `DEDUP_TTL_S`, i.e. one bit per record counted within the TTL
 //!   rounded up to whole blocks (≈ 125 MB per billion records, plus at most one 128 KiB block
 //!   per partition).
-//! - `seen-id:{event id}` — for events that carry no Kafka position (e.g. posted directly):
-//!   one small key per event, expiring after the same TTL. The id is bounded (`common::sink::MAX_ID_BYTES`).
+//! - `seen-id:{event id}` — for events that carry no Kafka position (e.g. posted directly), and
+//!   for tweets published with an `Idempotency-Key` (their id is the key's UUIDv5, so every
+//!   record of one key shares it): one small key per event, expiring after the same TTL. The
+//!   id is bounded (`common::sink::MAX_ID_BYTES`). A key reused after the TTL is a new tweet to
+//!   counter, while archiver still holds the first one: clients must not reuse keys.
 //!
 //! Checking the mark and incrementing happen in one script, so Redis applies both or neither:
 //! a redelivered record finds its bit set and changes nothing.
@@ -54,6 +57,9 @@ if ARGV[1] == 'bit' then
   if fresh then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
 else
   fresh = redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[3]) ~= false
+end
+if fresh and ARGV[6] == '1' then
+  fresh = redis.call('SET', KEYS[6], '1', 'NX', 'EX', ARGV[3]) ~= false
 end
 if not fresh then return 0 end
 redis.call('INCR', KEYS[2])
@@ -212,7 +218,9 @@ impl Counts {
             .key(self.keys.country_clima())
             .arg(self.ttl_s)
             .arg(&event.tweet.pais)
-            .arg(event.tweet.clima.as_str());
+            .arg(event.tweet.clima.as_str())
+            .arg(if event.idempotent && event.position.is_some() { "1" } else { "0" })
+            .key(self.keys.seen_id(&event.id));
         let span = tracing::info_span!(
             "EVALSHA",
             otel.kind = "client",

@@ -17,8 +17,10 @@ pub struct Config {
     /// Largest request body accepted, in bytes; larger bodies get 413.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,
-    /// How long to wait for producer (and so Kafka) to confirm a tweet, in milliseconds.
-    #[arg(long, env = "PRODUCER_TIMEOUT_MS", default_value_t = 10_000)]
+    /// How long to wait for producer (and so Kafka) to confirm a tweet, in milliseconds. Keep it
+    /// above producer's worst case (KAFKA_QUEUE_TIMEOUT_MS + KAFKA_MESSAGE_TIMEOUT_MS), so that a
+    /// 503 means Kafka did not take the tweet.
+    #[arg(long, env = "PRODUCER_TIMEOUT_MS", default_value_t = 12_000)]
     pub producer_timeout_ms: u64,
 }
 

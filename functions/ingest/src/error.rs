@@ -14,6 +14,11 @@ pub enum IngestError {
     Invalid(#[from] TweetError),
     #[error("content type must be application/json")]
     UnsupportedMediaType,
+    #[error(
+        "Idempotency-Key must be 1 to {} visible ASCII characters",
+        common::event::MAX_IDEMPOTENCY_KEY_BYTES
+    )]
+    IdempotencyKey,
     #[error("{message}")]
     Body { status: StatusCode, message: String },
     /// Producer or Kafka is unavailable; the client should retry.
@@ -26,6 +31,7 @@ impl IntoResponse for IngestError {
         let (status, field) = match &self {
             IngestError::Invalid(e) => (StatusCode::BAD_REQUEST, e.field),
             IngestError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, None),
+            IngestError::IdempotencyKey => (StatusCode::BAD_REQUEST, Some("Idempotency-Key")),
             IngestError::Body { status, .. } => (*status, None),
             IngestError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, None),
         };
@@ -37,6 +43,7 @@ impl IntoResponse for IngestError {
         match &self {
             IngestError::Invalid(e) => metrics.rejected(e.field.unwrap_or("json")),
             IngestError::UnsupportedMediaType => metrics.rejected("media_type"),
+            IngestError::IdempotencyKey => metrics.rejected("idempotency_key"),
             IngestError::Body { status, .. } if *status == StatusCode::PAYLOAD_TOO_LARGE => {
                 metrics.rejected("too_large")
             }

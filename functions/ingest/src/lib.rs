@@ -70,6 +70,7 @@ async fn input(
     if !is_json(&headers) {
         return Err(IngestError::UnsupportedMediaType);
     }
+    let idempotency_key = idempotency_key(&headers)?;
     let body = body.map_err(|e| IngestError::Body { status: e.status(), message: e.body_text() })?;
     let tweet = Tweet::from_json(&body)?;
 
@@ -81,7 +82,7 @@ async fn input(
         rpc.service = "weather.v1.Producer",
         rpc.method = "Publish",
     );
-    let mut request = tonic::Request::new(PublishRequest { tweet: Some(to_proto(tweet)) });
+    let mut request = tonic::Request::new(PublishRequest { tweet: Some(to_proto(tweet)), idempotency_key });
     request.set_timeout(state.timeout);
     for (key, value) in common::telemetry::headers(&span) {
         if let (Ok(key), Ok(value)) =
@@ -105,6 +106,19 @@ async fn input(
             Err(IngestError::Unavailable)
         }
     }
+}
+
+/// The `Idempotency-Key` header (empty when absent): what makes a client's retry safe.
+fn idempotency_key(headers: &HeaderMap) -> Result<String, IngestError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(String::new()) };
+    let key = value.as_bytes();
+    if key.is_empty()
+        || key.len() > common::event::MAX_IDEMPOTENCY_KEY_BYTES
+        || !key.iter().all(|b| b.is_ascii_graphic())
+    {
+        return Err(IngestError::IdempotencyKey);
+    }
+    Ok(String::from_utf8_lossy(key).into_owned())
 }
 
 /// `application/json`, with or without parameters such as `charset=utf-8`.

@@ -22,6 +22,12 @@ pub struct Config {
     /// UNAVAILABLE, in milliseconds (librdkafka message.timeout.ms).
     #[arg(long, env = "KAFKA_MESSAGE_TIMEOUT_MS", default_value_t = 8_000)]
     pub message_timeout_ms: u64,
+    /// How long a tweet may wait for room in librdkafka's full local queue, in milliseconds,
+    /// before the caller gets UNAVAILABLE. A Publish call takes at most this plus
+    /// `KAFKA_MESSAGE_TIMEOUT_MS`; ingest's `PRODUCER_TIMEOUT_MS` must exceed the sum, so that
+    /// ingest never answers 503 for a tweet Kafka may still take.
+    #[arg(long, env = "KAFKA_QUEUE_TIMEOUT_MS", default_value_t = 2_000)]
+    pub queue_timeout_ms: u64,
     /// The CloudEvents `source` attribute of every tweet event.
     #[arg(long, env = "EVENT_SOURCE", default_value = "/weather-tweets/producer")]
     pub event_source: String,

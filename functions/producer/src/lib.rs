@@ -78,13 +78,18 @@ impl Publisher {
             producer,
             topic: config.topic.clone(),
             source: config.event_source.clone(),
-            queue_timeout: Duration::from_millis(config.message_timeout_ms),
+            queue_timeout: Duration::from_millis(config.queue_timeout_ms),
         })
     }
 
-    /// Writes the tweet and returns where Kafka put it.
-    pub async fn publish(&self, tweet: &Tweet) -> Result<PublishResponse, PublishError> {
-        let id = uuid::Uuid::now_v7().to_string();
+    /// Writes the tweet and returns where Kafka put it; with an `idempotency_key` (non-empty)
+    /// the event id is derived from it and marked, so the sinks take retries for one tweet.
+    pub async fn publish(
+        &self,
+        tweet: &Tweet,
+        idempotency_key: &str,
+    ) -> Result<PublishResponse, PublishError> {
+        let id = common::event::event_id(idempotency_key);
         let span = tracing::info_span!(
             "send",
             otel.name = %format!("send {}", self.topic),
@@ -101,6 +106,9 @@ impl Publisher {
         // KafkaSource continues) and the CloudEvents attribute `ce_traceparent`.
         let trace = common::telemetry::headers(&span);
         let mut event = common::event::tweet_event(&id, &self.source, tweet);
+        if !idempotency_key.is_empty() {
+            event.set_extension(common::event::IDEMPOTENT_EXTENSION, true);
+        }
         if let Some(traceparent) = trace.get("traceparent") {
             event.set_extension("traceparent", traceparent.clone());
         }
@@ -137,8 +145,15 @@ impl Publisher {
 #[tonic::async_trait]
 impl Producer for Publisher {
     async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {
-        let tweet =
-            request.into_inner().tweet.ok_or_else(|| Status::invalid_argument("tweet is required"))?;
+        let request = request.into_inner();
+        let key = request.idempotency_key;
+        if key.len() > common::event::MAX_IDEMPOTENCY_KEY_BYTES || !key.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(Status::invalid_argument(
+                "idempotency_key must be at most 128 visible ASCII characters",
+            ));
+        }
+        let tweet = request.tweet.ok_or_else(|| Status::invalid_argument("tweet is required"))?;
         // Callers other than ingest are possible, so the contract is checked again here; an
         // empty `clima` means "not given" (proto3 has no absent strings).
         let clima = (!tweet.clima.is_empty()).then_some(tweet.clima);
@@ -148,7 +163,7 @@ impl Producer for Publisher {
                 .expect("a JSON object"),
         )
         .map_err(PublishError::from)?;
-        Ok(Response::new(Publisher::publish(self, &tweet).await?))
+        Ok(Response::new(Publisher::publish(self, &tweet, &key).await?))
     }
 }
 

@@ -44,6 +44,7 @@ fn options() -> Options {
         overlays: root.join("knative/overlays"),
         idle_period_ms: None,
         events: None,
+        backoff_delay_ms: None,
     }
 }
 

@@ -108,6 +108,7 @@ impl RunningProducer {
             topic: topic.into(),
             linger_ms: 1,
             message_timeout_ms,
+            queue_timeout_ms: 1_000,
             event_source: "/it/producer".into(),
         };
         let publisher = Publisher::new(&config).expect("a Kafka producer");

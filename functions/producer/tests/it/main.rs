@@ -17,6 +17,7 @@ async fn serve(kafka_brokers: &str, message_timeout_ms: u64) -> String {
         topic: format!("it-producer-{}", uuid::Uuid::now_v7().simple()),
         linger_ms: 1,
         message_timeout_ms,
+        queue_timeout_ms: 1_000,
         event_source: "/it/producer".into(),
     };
     let publisher = Publisher::new(&config).expect("a Kafka producer");
@@ -47,7 +48,8 @@ async fn a_tweet_that_breaks_the_contract_is_invalid_argument() {
         (tweet("x", "Chile", "caluroso"), "clima"),
     ];
     for (tweet, field) in cases {
-        let status = client.publish(PublishRequest { tweet }).await.expect_err(field);
+        let status =
+            client.publish(PublishRequest { tweet, idempotency_key: String::new() }).await.expect_err(field);
         assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
         assert!(status.message().contains(field), "{field}: {}", status.message());
     }
@@ -58,7 +60,7 @@ async fn unreachable_kafka_is_unavailable_within_the_message_timeout() {
     let mut client = client(&serve("127.0.0.1:1", 1_500).await).await;
     let started = Instant::now();
     let status = client
-        .publish(PublishRequest { tweet: tweet("Hoy llueve", "Chile", "") })
+        .publish(PublishRequest { tweet: tweet("Hoy llueve", "Chile", ""), idempotency_key: String::new() })
         .await
         .expect_err("Kafka is unreachable");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
@@ -80,6 +82,10 @@ async fn health_probes_answer_on_the_grpc_port() {
         assert_eq!(response.text().await.unwrap(), "ok");
     }
     // And gRPC is served there too.
-    let status = client(&address).await.publish(PublishRequest { tweet: None }).await.unwrap_err();
+    let status = client(&address)
+        .await
+        .publish(PublishRequest { tweet: None, idempotency_key: String::new() })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
 }
