@@ -11,4 +11,9 @@ pub mod metrics;
 pub mod server;
 pub mod sink;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tweet;
+
+#[cfg(test)]
+mod proptests;
