@@ -13,32 +13,18 @@ import json
 import logging
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 from locust import FastHttpUser, LoadTestShape, constant_throughput, events, task
 
 logger = logging.getLogger(__name__)
 
-COUNTRIES: tuple[str, ...] = (
-    "Guatemala",
-    "México",
-    "El Salvador",
-    "Honduras",
-    "Nicaragua",
-    "Costa Rica",
-    "Panamá",
-    "Cuba",
-    "República Dominicana",
-    "Puerto Rico",
-    "Venezuela",
-    "Colombia",
-    "Ecuador",
-    "Perú",
-    "Bolivia",
-    "Chile",
-    "Argentina",
-    "Uruguay",
-    "Paraguay",
-    "España",
+# One home for the list, which a Rust test also reads (every name must resolve to itself).
+COUNTRIES_FILE = Path(__file__).with_name("countries.txt")
+COUNTRIES: tuple[str, ...] = tuple(
+    line.strip()
+    for line in COUNTRIES_FILE.read_text(encoding="utf-8").splitlines()
+    if line.strip() and not line.startswith("#")
 )
 
 # Places a tweet can mention besides the country itself.

@@ -143,14 +143,41 @@ mod tests {
     use crate::tweet::Clima;
 
     fn tweet() -> Tweet {
-        Tweet { texto: "Hoy llueve".into(), pais: "Perú".into(), clima: Clima::Lluvioso }
+        Tweet::new("Hoy llueve", "Perú", Some("lluvioso")).unwrap()
     }
 
     #[test]
     fn our_event_reads_back() {
         let event = tweet_event("id-1", "/weather/producer", &tweet());
         let r = Received::from_event(&event).unwrap();
-        assert_eq!((r.id.as_str(), r.tweet, r.position, r.trace_id), ("id-1", tweet(), None, None));
+        assert_eq!((r.id.as_str(), &r.tweet, r.position, r.trace_id), ("id-1", &tweet(), None, None));
+        assert_eq!((r.tweet.pais, r.tweet.pais_codigo, r.tweet.clima), ("Perú", "PE", Clima::Lluvioso));
+    }
+
+    #[test]
+    fn the_code_in_an_event_is_derived_from_pais_not_read() {
+        let event = EventBuilderV10::new()
+            .id("x")
+            .ty(TWEET_TYPE)
+            .source("s")
+            .data("application/json", br#"{"texto":"sol","pais":"Chile","pais_codigo":"PE"}"#.to_vec())
+            .build()
+            .unwrap();
+        let r = Received::from_event(&event).unwrap();
+        assert_eq!((r.tweet.pais, r.tweet.pais_codigo), ("Chile", "CL"));
+        let unknown = EventBuilderV10::new()
+            .id("x")
+            .ty(TWEET_TYPE)
+            .source("s")
+            .data(
+                "application/json",
+                serde_json::json!({"texto": "sol", "pais": "Atlantis", "pais_codigo": "AT"}),
+            )
+            .build()
+            .unwrap();
+        assert!(
+            matches!(Received::from_event(&unknown), Err(EventError::Tweet(e)) if e.field == Some("pais"))
+        );
     }
 
     #[test]
@@ -167,7 +194,7 @@ mod tests {
             .unwrap();
         let r = Received::from_event(&event).unwrap();
         assert_eq!(r.position, Some(Position { partition: 2, offset: 41 }));
-        assert_eq!(r.tweet.pais, "Chile");
+        assert_eq!((r.tweet.pais, r.tweet.pais_codigo), ("Chile", "CL"));
         assert_eq!(r.trace_id.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
     }
 
@@ -178,7 +205,7 @@ mod tests {
                 .id("x")
                 .ty(TWEET_TYPE)
                 .source("s")
-                .data("application/json", serde_json::json!({"texto":"a","pais":"b"}))
+                .data("application/json", serde_json::json!({"texto":"a","pais":"Chile"}))
         };
         let wrong_type = base().ty("com.example.other").build().unwrap();
         assert!(matches!(Received::from_event(&wrong_type), Err(EventError::Type(_))));
@@ -186,6 +213,12 @@ mod tests {
         assert!(matches!(Received::from_event(&no_data), Err(EventError::NoData)));
         let bad_tweet = base().data("application/json", serde_json::json!({"texto": 1})).build().unwrap();
         assert!(matches!(Received::from_event(&bad_tweet), Err(EventError::Tweet(_))));
+        let duplicate =
+            base().data("application/json", br#"{"texto":"a","pais":"Chile","pais":"Peru"}"#.to_vec());
+        let duplicate = duplicate.build().unwrap();
+        assert!(
+            matches!(Received::from_event(&duplicate), Err(EventError::Tweet(e)) if e.message.starts_with("duplicate key"))
+        );
         let bad_ext =
             base().extension(OFFSET_EXTENSION, "-3").extension(PARTITION_EXTENSION, "0").build().unwrap();
         assert!(matches!(Received::from_event(&bad_ext), Err(EventError::Extension { .. })));

@@ -4,10 +4,12 @@
 //!
 //! One registry per process, set up by [`init`] in `main` (tests that skip it get
 //! `function="test"`). Health probes and `/metrics` itself are not counted as requests.
+//! Every label value comes from a closed set ([`crate::http`]): 10,000 requests with made-up
+//! methods and paths add no series.
 
 use axum::{
     Router,
-    extract::{MatchedPath, Request},
+    extract::Request,
     http::header::CONTENT_TYPE,
     middleware::Next,
     response::{IntoResponse, Response},
@@ -31,8 +33,10 @@ use std::{
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
+    /// A route template from code, or [`crate::http::UNMATCHED_ROUTE`].
     pub route: String,
-    pub method: String,
+    /// A known method or [`crate::http::OTHER_METHOD`].
+    pub method: &'static str,
     pub status: u16,
 }
 
@@ -174,7 +178,7 @@ pub fn get() -> &'static Metrics {
 /// `GET /metrics`.
 pub fn routes() -> Router {
     Router::new().route(
-        "/metrics",
+        crate::http::METRICS_PATH,
         routing::get(|| async {
             ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], get().encode())
                 .into_response()
@@ -182,14 +186,14 @@ pub fn routes() -> Router {
     )
 }
 
-/// Middleware counting and timing every request but the probes and `/metrics`.
+/// Middleware counting and timing every request but the probes and `/metrics`, with bounded
+/// labels.
 pub async fn track(request: Request, next: Next) -> Response {
-    let path = request.uri().path();
-    if path.starts_with("/health/") || path == "/metrics" {
+    if crate::http::is_probe(request.uri().path()) {
         return next.run(request).await;
     }
-    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
-    let method = request.method().to_string();
+    let route = crate::http::route_label(&request).to_owned();
+    let method = crate::http::method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
     let labels = HttpLabels { route, method, status: response.status().as_u16() };

@@ -137,19 +137,25 @@ pub fn continue_trace(span: &Span, parent: Context) {
 }
 
 /// Middleware: a server span per request (none for probes and `/metrics`), continuing the
-/// caller's trace from its `traceparent` header (gRPC metadata are HTTP/2 headers too).
+/// caller's trace from its `traceparent` header (gRPC metadata are HTTP/2 headers too). Its name
+/// is built from the known method and the route template ([`crate::http::span_name`]), never from
+/// the raw method or path; those go, cut short, into attributes only.
 pub async fn server_span(request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    if path.starts_with("/health/") || path == "/metrics" {
+    if crate::http::is_probe(path) {
         return next.run(request).await;
     }
-    let name = format!("{} {}", request.method(), path);
+    let method = request.method();
+    let original =
+        (crate::http::method_label(method) == crate::http::OTHER_METHOD).then(|| bounded(method.as_str()));
     let span = tracing::info_span!(
         "request",
-        otel.name = %name,
+        otel.name = %crate::http::span_name(&request),
         otel.kind = "server",
-        http.request.method = %request.method(),
-        url.path = %path,
+        http.request.method = crate::http::method_label(method),
+        http.request.method_original = original,
+        http.route = crate::http::route_label(&request),
+        url.path = bounded(path),
         http.response.status_code = Empty,
         otel.status_code = Empty,
         trace_id = Empty,
@@ -163,4 +169,13 @@ pub async fn server_span(request: Request, next: Next) -> Response {
         span.record("otel.status_code", "ERROR");
     }
     response
+}
+
+/// A client-chosen string as a span attribute: at most 256 bytes (on a character boundary).
+fn bounded(s: &str) -> &str {
+    let mut end = s.len().min(256);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }

@@ -4,27 +4,44 @@
 //! Decisions, also listed in the README:
 //! - unknown fields are ignored (clients may add metadata), but `pais` and `país` together are
 //!   an error because we could not tell which one is meant;
-//! - `texto` is 1..=280 characters and `pais` 1..=56 characters, counted after trimming and
-//!   Unicode NFC; `pais` may hold no control, zero-width or text-direction character, `texto`
-//!   no control character but tab and newline;
-//! - `pais` is put in one canonical case (each word capitalised, Spanish particles such as `de`
-//!   and `y` in lower case), so `guatemala`, `GUATEMALA` and ` Guatemala ` count once.
+//! - a key that appears twice in the tweet object is an error (serde_json's `Map` keeps the last
+//!   one silently, so the object is read by our own visitor, [`FieldsVisitor`]); keys are
+//!   compared after JSON unescaping, so `"pais"` and `"pa\u0069s"` are the same key. Objects
+//!   nested in ignored fields are skipped, not checked;
+//! - `texto` is 1..=280 characters, counted after trimming and Unicode NFC, no control character
+//!   but tab and newline;
+//! - `pais` is resolved against ISO 3166-1 ([`crate::country`]) and stored as the Spanish short
+//!   name in `pais` plus the alpha-2 code in `pais_codigo`; `pais_codigo` is always derived from
+//!   `pais`, never read from a client or an event. The raw value may be at most
+//!   [`MAX_PAIS_CHARS`] characters (after trimming) and hold no control character other than
+//!   whitespace.
 
-use serde::{Deserialize, Serialize};
+use crate::country::{self, Country};
+use serde::{
+    Deserialize, Deserializer, Serialize,
+    de::{self, IgnoredAny, MapAccess, Visitor},
+};
 use serde_json::{Map, Value};
-use std::fmt;
+use std::{collections::HashSet, fmt};
 use unicode_normalization::UnicodeNormalization;
 
 /// Longest `texto`, in characters.
 pub const MAX_TEXTO_CHARS: usize = 280;
-/// Longest `pais`, in characters (the longest country name in Spanish fits).
-pub const MAX_PAIS_CHARS: usize = 56;
+/// Longest raw `pais`, in characters after trimming: about three times the longest spelling in
+/// the table (40), leaving room for format characters and spacing, which do not count for the
+/// match; anything longer is refused before any work on it.
+pub const MAX_PAIS_CHARS: usize = 128;
 
-/// A valid, normalised tweet.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A valid, normalised tweet. Built only by [`Tweet::new`], [`Tweet::from_json`],
+/// [`Tweet::from_map`] or its `Deserialize` (all of which validate); serialised as
+/// `{"texto", "pais", "pais_codigo", "clima"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Tweet {
     pub texto: String,
-    pub pais: String,
+    /// The country's Spanish short name (CLDR `es`), e.g. `Perú`: one of a closed list of 249.
+    pub pais: &'static str,
+    /// The country's ISO 3166-1 alpha-2 code, e.g. `PE`.
+    pub pais_codigo: &'static str,
     pub clima: Clima,
 }
 
@@ -145,41 +162,100 @@ impl TweetError {
 }
 
 impl Tweet {
+    /// Validates and normalises a tweet given field by field; `clima: None` means "classify".
+    pub fn new(texto: &str, pais: &str, clima: Option<&str>) -> Result<Tweet, TweetError> {
+        Fields {
+            texto: Some(Value::from(texto)),
+            pais: Some(Value::from(pais)),
+            clima: clima.map(Value::from),
+            ..Fields::default()
+        }
+        .validate()
+    }
+
     /// Parses a JSON body (bytes, so invalid UTF-8 is reported rather than panicking).
     pub fn from_json(body: &[u8]) -> Result<Tweet, TweetError> {
-        match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Object(map)) => Tweet::from_map(&map),
-            Ok(other) => Err(TweetError {
-                field: None,
-                message: format!("expected a JSON object, got {}", kind(&other)),
-            }),
-            Err(e) => Err(TweetError { field: None, message: format!("malformed JSON: {e}") }),
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let fields = de.deserialize_map(FieldsVisitor).and_then(|fields| de.end().map(|()| fields));
+        fields.map_err(json_error)?.validate()
+    }
+
+    /// Validates and normalises the fields of an already parsed JSON object (whose duplicate
+    /// keys, if it had any, are gone: prefer [`Tweet::from_json`] for raw bytes).
+    pub fn from_map(map: &Map<String, Value>) -> Result<Tweet, TweetError> {
+        let mut fields = Fields::default();
+        for (key, value) in map {
+            if let Some(slot) = fields.slot(key) {
+                *slot = Some(value.clone());
+            }
+        }
+        fields.validate()
+    }
+
+    /// The country of `pais_codigo`.
+    pub fn country(&self) -> &'static Country {
+        country::by_alpha2(self.pais_codigo).expect("a tweet's pais_codigo comes from the table")
+    }
+}
+
+/// Reads a tweet the way [`Tweet::from_json`] does (duplicate keys refused, everything
+/// validated again, `pais_codigo` derived from `pais` whatever the input says).
+impl<'de> Deserialize<'de> for Tweet {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Tweet, D::Error> {
+        deserializer.deserialize_map(FieldsVisitor)?.validate().map_err(de::Error::custom)
+    }
+}
+
+/// The contract's fields of a tweet object, as given, and the first key that appeared twice.
+#[derive(Default)]
+struct Fields {
+    texto: Option<Value>,
+    pais: Option<Value>,
+    /// `país`, the original assignment's spelling.
+    pais_accented: Option<Value>,
+    clima: Option<Value>,
+    duplicate: Option<String>,
+}
+
+impl Fields {
+    fn slot(&mut self, key: &str) -> Option<&mut Option<Value>> {
+        match key {
+            "texto" => Some(&mut self.texto),
+            "pais" => Some(&mut self.pais),
+            "país" => Some(&mut self.pais_accented),
+            "clima" => Some(&mut self.clima),
+            _ => None,
         }
     }
 
-    /// Validates and normalises the fields of a JSON object.
-    pub fn from_map(map: &Map<String, Value>) -> Result<Tweet, TweetError> {
-        let texto = match map.get("texto") {
+    fn validate(self) -> Result<Tweet, TweetError> {
+        if let Some(key) = self.duplicate {
+            let field = match key.as_str() {
+                "texto" => Some("texto"),
+                "pais" | "país" => Some("pais"),
+                "clima" => Some("clima"),
+                _ => None,
+            };
+            let message = format!("duplicate key {:?}: each key may appear once in a tweet", truncate(&key));
+            return Err(TweetError { field, message });
+        }
+        let texto = match &self.texto {
             None | Some(Value::Null) => return Err(TweetError::field("texto", "is required")),
             Some(v) => string(v, "texto")?,
         };
         let texto = normalise(texto);
         check_chars("texto", &texto, MAX_TEXTO_CHARS, |c| c == '\n' || c == '\t')?;
 
-        let pais = match (map.get("pais"), map.get("país")) {
+        let pais = match (&self.pais, &self.pais_accented) {
             (Some(_), Some(_)) => {
                 return Err(TweetError::field("pais", "give either `pais` or `país`, not both"));
             }
             (Some(v), None) | (None, Some(v)) if !v.is_null() => string(v, "pais")?,
             _ => return Err(TweetError::field("pais", "is required")),
         };
-        let pais = canonical_case(&normalise(pais));
-        check_chars("pais", &pais, MAX_PAIS_CHARS, |_| false)?;
-        if let Some(c) = pais.chars().find(|c| INVISIBLE.contains(c)) {
-            return Err(TweetError::field("pais", format!("contains the invisible character {c:?}")));
-        }
+        let country = resolve_country(pais)?;
 
-        let clima = match map.get("clima") {
+        let clima = match &self.clima {
             None | Some(Value::Null) => Clima::classify(&texto),
             Some(v) => {
                 let s = string(v, "clima")?;
@@ -196,17 +272,69 @@ impl Tweet {
                 })?
             }
         };
-        Ok(Tweet { texto, pais, clima })
+        Ok(Tweet { texto, pais: country.es, pais_codigo: country.alpha2, clima })
     }
 }
 
-/// Zero-width and text-direction characters: a country name never needs them, and they would make
-/// two names look alike on a dashboard.
-const INVISIBLE: [char; 20] = [
-    '\u{200B}', '\u{200C}', '\u{200D}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}',
-    '\u{202D}', '\u{202E}', '\u{2060}', '\u{2061}', '\u{2062}', '\u{2063}', '\u{2064}', '\u{2066}',
-    '\u{2067}', '\u{2068}', '\u{2069}', '\u{FEFF}',
-];
+/// `pais` as a client wrote it → its country, or why not.
+fn resolve_country(raw: &str) -> Result<&'static Country, TweetError> {
+    let trimmed = raw.trim();
+    // Whitespace controls (tab, newline) separate words like a space; others are refused.
+    check_chars("pais", trimmed, MAX_PAIS_CHARS, char::is_whitespace)?;
+    country::resolve(trimmed).ok_or_else(|| {
+        TweetError::field(
+            "pais",
+            format!(
+                "pais {:?} is not a country of ISO 3166-1: give its Spanish or English name \
+                 (accents optional) or its alpha-2 or alpha-3 code",
+                truncate(trimmed)
+            ),
+        )
+    })
+}
+
+/// Reads a tweet object key by key: the contract's keys keep their value, other values are
+/// skipped unparsed (serde_json skips them without recursion), and every key is remembered to
+/// find the first one given twice. The body limit bounds the keys, serde_json's recursion limit
+/// (128) the nesting inside a contract field.
+struct FieldsVisitor;
+
+impl<'de> Visitor<'de> for FieldsVisitor {
+    type Value = Fields;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+        let mut fields = Fields::default();
+        let mut seen = HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let first = fields.duplicate.is_none() && !seen.contains(&key);
+            match fields.slot(&key) {
+                Some(slot) if first => *slot = Some(map.next_value::<Value>()?),
+                _ => map.next_value::<IgnoredAny>().map(drop)?,
+            }
+            if fields.duplicate.is_none() {
+                if first {
+                    seen.insert(key);
+                } else {
+                    fields.duplicate = Some(key);
+                }
+            }
+        }
+        Ok(fields)
+    }
+}
+
+fn json_error(e: serde_json::Error) -> TweetError {
+    let message = match e.classify() {
+        // Valid JSON of the wrong shape: "invalid type: sequence, expected a JSON object".
+        serde_json::error::Category::Data => e.to_string(),
+        _ => format!("malformed JSON: {e}"),
+    };
+    TweetError { field: None, message }
+}
 
 fn string<'a>(v: &'a Value, field: &'static str) -> Result<&'a str, TweetError> {
     v.as_str().ok_or_else(|| TweetError::field(field, format!("expected a string, got {}", kind(v))))
@@ -247,24 +375,6 @@ fn check_chars(
     Ok(())
 }
 
-/// Each word capitalised, the rest lower case; Spanish particles stay lower case unless first.
-/// Runs of whitespace become one space.
-fn canonical_case(s: &str) -> String {
-    const PARTICLES: [&str; 8] = ["de", "del", "la", "las", "los", "y", "e", "el"];
-    s.split_whitespace()
-        .enumerate()
-        .map(|(i, word)| {
-            let lower = word.to_lowercase();
-            if i > 0 && PARTICLES.contains(&lower.as_str()) {
-                return lower;
-            }
-            let mut chars = lower.chars();
-            chars.next().map_or_else(String::new, |first| first.to_uppercase().chain(chars).collect())
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Client values echoed in errors are cut short so an error body stays small.
 fn truncate(s: &str) -> String {
     s.chars().take(32).collect()
@@ -279,21 +389,80 @@ mod tests {
     }
 
     #[test]
-    fn accepts_both_spellings_and_normalises_the_country() {
+    fn accepts_both_spellings_and_resolves_the_country() {
         let a = parse(r#"{"texto":"Hoy llueve","pais":"  guatemala "}"#).unwrap();
         let b = parse(r#"{"texto":"Hoy llueve","país":"GUATEMALA"}"#).unwrap();
-        assert_eq!(a.pais, "Guatemala");
+        assert_eq!((a.pais, a.pais_codigo), ("Guatemala", "GT"));
         assert_eq!(a, b);
         assert_eq!(a.clima, Clima::Lluvioso);
         assert_eq!(parse(r#"{"texto":"x","pais":"el  SALVADOR"}"#).unwrap().pais, "El Salvador");
         assert_eq!(parse(r#"{"texto":"x","pais":"trinidad Y tobago"}"#).unwrap().pais, "Trinidad y Tobago");
+        assert_eq!(parse(r#"{"texto":"x","pais":"costa\trica\n"}"#).unwrap().pais, "Costa Rica");
+        let us = parse(r#"{"texto":"x","pais":"EE. UU."}"#).unwrap();
+        assert_eq!((us.pais, us.pais_codigo, us.country().en), ("Estados Unidos", "US", "United States"));
+    }
+
+    #[test]
+    fn every_spelling_of_peru_is_one_country() {
+        for pais in ["Peru", "Perú", "PE", "PER", "Ｐｅｒú", "Pe\u{ad}ru", "peru\u{301}", "Pe\u{200b}ru"]
+        {
+            let t = Tweet::new("x", pais, None).unwrap_or_else(|e| panic!("{pais:?}: {e}"));
+            assert_eq!((t.pais, t.pais_codigo), ("Perú", "PE"), "{pais:?}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_country_is_400_naming_pais_and_saying_why() {
+        let err = parse(r#"{"texto":"x","pais":"Atlantis"}"#).unwrap_err();
+        assert_eq!(err.field, Some("pais"));
+        assert!(err.message.starts_with(r#"pais "Atlantis" is not a country of ISO 3166-1"#), "{err}");
+        // The echoed value is cut short.
+        let long = parse(&format!(r#"{{"texto":"x","pais":"{}"}}"#, "z".repeat(60))).unwrap_err();
+        assert!(long.message.len() < 200, "{long}");
+    }
+
+    #[test]
+    fn pais_codigo_is_derived_never_trusted() {
+        let t = parse(r#"{"texto":"x","pais":"Chile","pais_codigo":"PE"}"#).unwrap();
+        assert_eq!((t.pais, t.pais_codigo), ("Chile", "CL"));
+        let json = serde_json::to_value(&t).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"texto":"x","pais":"Chile","pais_codigo":"CL","clima":"desconocido"})
+        );
+        let forged: Tweet =
+            serde_json::from_str(r#"{"texto":"x","pais":"Chile","pais_codigo":"PE","clima":"soleado"}"#)
+                .unwrap();
+        assert_eq!(forged.pais_codigo, "CL");
+    }
+
+    #[test]
+    fn duplicate_keys_are_an_error_naming_the_key() {
+        let cases = [
+            (r#"{"texto":"x","pais":"Chile","pais":"Perú"}"#, Some("pais"), "\"pais\""),
+            (r#"{"texto":"x","país":"Chile","país":"Chile"}"#, Some("pais"), "\"país\""),
+            (r#"{"texto":"x","texto":"y","pais":"Chile"}"#, Some("texto"), "\"texto\""),
+            (r#"{"texto":"x","pais":"Chile","clima":"soleado","clima":null}"#, Some("clima"), "\"clima\""),
+            (r#"{"texto":"x","pais":"Chile","origen":1,"origen":2}"#, None, "\"origen\""),
+            // Keys are compared after unescaping.
+            (r#"{"texto":"x","pais":"Chile","pa\u0069s":"Perú"}"#, Some("pais"), "\"pais\""),
+        ];
+        for (json, field, key) in cases {
+            let err = parse(json).unwrap_err();
+            assert_eq!(err.field, field, "{json}: {err}");
+            assert!(err.message.starts_with(&format!("duplicate key {key}")), "{json}: {err}");
+        }
+        // Through serde's Deserialize too.
+        assert!(serde_json::from_str::<Tweet>(r#"{"texto":"x","texto":"x","pais":"Chile"}"#).is_err());
+        // Only the tweet object's own keys: nested metadata is skipped.
+        assert!(parse(r#"{"texto":"x","pais":"Chile","meta":{"a":1,"a":2}}"#).is_ok());
     }
 
     #[test]
     fn nfc_makes_composed_and_decomposed_accents_equal() {
-        let composed = parse("{\"texto\":\"x\",\"pais\":\"Per\u{00fa}\"}").unwrap();
-        let decomposed = parse("{\"texto\":\"x\",\"pais\":\"peru\u{0301}\"}").unwrap();
-        assert_eq!(composed.pais, decomposed.pais);
+        let composed = parse("{\"texto\":\"Se\u{00f1}al\",\"pais\":\"Per\u{00fa}\"}").unwrap();
+        let decomposed = parse("{\"texto\":\"Sen\u{0303}al\",\"pais\":\"peru\u{0301}\"}").unwrap();
+        assert_eq!(composed, decomposed);
     }
 
     #[test]
@@ -322,9 +491,8 @@ mod tests {
             (r#"{"texto":"x","pais":"Chile","clima":"caluroso"}"#, Some("clima")),
             (r#"{"texto":"x","pais":"Chile","clima":1}"#, Some("clima")),
             (r#"{"texto":"x","pais":"Ch\u0007ile"}"#, Some("pais")),
+            (r#"{"texto":"x","pais":"Atlantis"}"#, Some("pais")),
             (r#"{"texto":"a\u0000b","pais":"Chile"}"#, Some("texto")),
-            (r#"{"texto":"x","pais":"Chi\u202Ele"}"#, Some("pais")),
-            (r#"{"texto":"x","pais":"Chi\u200Ble"}"#, Some("pais")),
             (r#"[1,2]"#, None),
             (r#"{"texto":"x","#, None),
         ];
@@ -341,14 +509,35 @@ mod tests {
         let long = format!(r#"{{"texto":"{}","pais":"Chile"}}"#, "ñ".repeat(MAX_TEXTO_CHARS + 1));
         assert_eq!(parse(&long).unwrap_err().field, Some("texto"));
         let pais = format!(r#"{{"texto":"x","pais":"{}"}}"#, "a".repeat(MAX_PAIS_CHARS + 1));
-        assert_eq!(parse(&pais).unwrap_err().field, Some("pais"));
+        let err = parse(&pais).unwrap_err();
+        assert_eq!((err.field, err.message.contains("the limit is")), (Some("pais"), true), "{err}");
+    }
+
+    #[test]
+    fn every_spelling_in_the_table_fits_the_pais_limit() {
+        for c in country::all() {
+            for spelling in [c.alpha2, c.alpha3, c.es, c.en] {
+                assert!(spelling.chars().count() <= MAX_PAIS_CHARS, "{spelling:?}");
+                assert!(Tweet::new("x", spelling, None).is_ok(), "{spelling:?}");
+            }
+        }
     }
 
     #[test]
     fn hostile_json_is_an_error_not_a_crash() {
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        assert!(parse(&deep).unwrap_err().message.starts_with("malformed JSON"));
+        assert_eq!(parse(&deep).unwrap_err().field, None);
+        let deep_field =
+            format!(r#"{{"texto":{}{},"pais":"Chile"}}"#, "[".repeat(100_000), "]".repeat(100_000));
+        assert!(parse(&deep_field).unwrap_err().message.starts_with("malformed JSON"), "recursion limit");
+        // Skipped, not parsed into a tree: deep nesting in an unknown field costs no stack.
+        let deep_ignored =
+            format!(r#"{{"texto":"x","pais":"Chile","m":{}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
+        assert!(parse(&deep_ignored).is_ok());
         assert!(Tweet::from_json(b"{\"texto\":\"\xff\xfe\",\"pais\":\"Chile\"}").is_err());
+        assert!(
+            parse(r#"{"texto":"x","pais":"Chile"} {}"#).unwrap_err().message.starts_with("malformed JSON")
+        );
     }
 
     #[test]

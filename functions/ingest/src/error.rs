@@ -1,8 +1,11 @@
-//! Every way `POST /input` can fail, mapped to a status code in one place.
+//! Every way a request to ingest can fail, mapped to a status code in one place.
 
 use axum::{
     Json,
-    http::{HeaderValue, StatusCode, header::RETRY_AFTER},
+    http::{
+        HeaderValue, StatusCode,
+        header::{ALLOW, RETRY_AFTER},
+    },
     response::{IntoResponse, Response},
 };
 use common::tweet::TweetError;
@@ -21,6 +24,12 @@ pub enum IngestError {
     IdempotencyKey,
     #[error("{message}")]
     Body { status: StatusCode, message: String },
+    /// A path other than the endpoint's (the path is not echoed: it is the client's text).
+    #[error("no such endpoint; post tweets to /input")]
+    NotFound,
+    /// Another method than POST on the endpoint.
+    #[error("only POST is allowed here")]
+    MethodNotAllowed,
     /// Producer or Kafka is unavailable; the client should retry.
     #[error("the tweet could not be stored, try again")]
     Unavailable,
@@ -33,6 +42,8 @@ impl IntoResponse for IngestError {
             IngestError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, None),
             IngestError::IdempotencyKey => (StatusCode::BAD_REQUEST, Some("Idempotency-Key")),
             IngestError::Body { status, .. } => (*status, None),
+            IngestError::NotFound => (StatusCode::NOT_FOUND, None),
+            IngestError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, None),
             IngestError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, None),
         };
         let message = match &self {
@@ -48,11 +59,16 @@ impl IntoResponse for IngestError {
                 metrics.rejected("too_large")
             }
             IngestError::Body { .. } => metrics.rejected("body"),
+            IngestError::NotFound => metrics.rejected("not_found"),
+            IngestError::MethodNotAllowed => metrics.rejected("method"),
             IngestError::Unavailable => metrics.dependency_error("producer"),
         }
         let mut response = (status, Json(json!({ "error": message, "field": field }))).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            response.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
         }
         response
     }

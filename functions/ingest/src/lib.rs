@@ -1,5 +1,10 @@
 //! `ingest`: `POST /input` takes one tweet, validates and normalises it, publishes it through
 //! `producer` over one shared gRPC channel and answers `202 {"id": …}` only once Kafka holds it.
+//!
+//! Routes: the same endpoint answers at each of [`INPUT_PATHS`] — `/input` (the assignment's),
+//! `/input/` (what its clients post to) and `/` (where a Knative function is invoked); another
+//! method there is `405` with `Allow: POST`, any other path `404`, both with a JSON error body.
+//! The probes and `GET /metrics` come from `common::server::app`.
 
 mod config;
 mod error;
@@ -32,11 +37,16 @@ pub struct AppState {
     pub timeout: Duration,
 }
 
+/// The paths of the one endpoint, `POST` only.
+pub const INPUT_PATHS: [&str; 3] = ["/input", "/input/", "/"];
+
 /// The service's routes, for `run` and for tests that call it with `oneshot`.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let routes = INPUT_PATHS.into_iter().fold(Router::new(), |routes, path| routes.route(path, post(input)));
     common::server::app(
-        Router::new()
-            .route("/input", post(input))
+        routes
+            .method_not_allowed_fallback(|| async { IngestError::MethodNotAllowed })
+            .fallback(|| async { IngestError::NotFound })
             .layer(DefaultBodyLimit::max(max_body_bytes))
             .with_state(state),
     )
@@ -131,5 +141,84 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 fn to_proto(tweet: Tweet) -> proto::v1::Tweet {
-    proto::v1::Tweet { texto: tweet.texto, pais: tweet.pais, clima: tweet.clima.as_str().to_owned() }
+    // `pais_codigo` is not sent: producer derives it from `pais` again, as every reader does.
+    proto::v1::Tweet {
+        texto: tweet.texto,
+        pais: tweet.pais.to_owned(),
+        clima: tweet.clima.as_str().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The only test in this binary, so nothing else moves the process's metrics while it
+    //! measures them (the integration tests live in `tests/it`).
+
+    use super::*;
+    use axum::{body::Body, http::Request};
+    use http_body_util::BodyExt;
+    use proto::v1::producer_client::ProducerClient;
+    use tower::ServiceExt;
+
+    async fn send(app: &Router, method: &str, path: &str) -> (StatusCode, String) {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(CONTENT_TYPE, "application/json")
+            .body(Body::from(r#"{"texto":"x"}"#))
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    /// `/metrics` reduced to what can grow: its line count and each series without its value.
+    async fn metrics_shape(app: &Router) -> (usize, Vec<String>) {
+        let (status, text) = send(app, "GET", "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        let series = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.rsplit_once(' ').map_or(l, |(series, _value)| series).to_owned())
+            .collect();
+        (text.lines().count(), series)
+    }
+
+    #[tokio::test]
+    async fn ten_thousand_distinct_methods_and_paths_leave_metrics_the_same_size() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let producer = ProducerClient::new(producer_channel(&url).unwrap());
+        let app = router(AppState { producer, timeout: Duration::from_secs(5) }, 16 * 1024);
+
+        // One request of each kind first, so every series the flood can reach exists.
+        let kinds = |i: usize| {
+            let method = if i.is_multiple_of(7) { "POST".to_owned() } else { format!("M{i}") };
+            let path = match i % 4 {
+                0 => format!("/p{i}"),
+                1 => format!("/input/{i}?q={i}"),
+                2 => format!("/health/x{i}"),
+                _ => INPUT_PATHS[i % 3].to_owned(),
+            };
+            (method, path)
+        };
+        for i in 0..84 {
+            let (method, path) = kinds(i);
+            send(&app, &method, &path).await;
+        }
+        let before = metrics_shape(&app).await;
+        assert!(before.1.iter().any(|s| s.contains(r#"method="_OTHER""#) && s.contains(r#"route="/input""#)));
+
+        for i in 1_000..11_000 {
+            let (method, path) = kinds(i);
+            let (status, body) = send(&app, &method, &path).await;
+            assert!(status.is_client_error(), "{method} {path}: {status}");
+            assert!(body.len() < 256 && !body.contains(&format!("{i}")), "{method} {path}: {body}");
+        }
+        let after = metrics_shape(&app).await;
+        assert_eq!(after, before);
+        assert!(!after.1.iter().any(|s| s.contains("M5000") || s.contains("/p5000")));
+    }
 }

@@ -4,7 +4,7 @@ use crate::{closed_port, env_or, unique, with_cleanup};
 use cloudevents::binding::rdkafka::{FutureRecordExt, MessageExt, MessageRecord};
 use cloudevents::{AttributesReader, Data};
 use common::event::{Received, TWEET_TYPE, tweet_event};
-use common::tweet::{Clima, Tweet};
+use common::tweet::Tweet;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -134,8 +134,7 @@ async fn a_tweet_event_round_trips_in_binary_mode() {
     let admin = kafka().await;
     let topic = create_topic(&admin).await;
     let body = async {
-        let tweet =
-            Tweet { texto: "Tormenta sobre la ciudad".into(), pais: "Perú".into(), clima: Clima::Tormenta };
+        let tweet = Tweet::new("Tormenta sobre la ciudad", "Perú", Some("tormenta")).unwrap();
         let event = tweet_event("tweet-42", "/weather/producer", &tweet);
         let record = MessageRecord::from_event(event.clone()).expect("event to Kafka record");
         producer()

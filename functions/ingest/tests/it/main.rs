@@ -1,8 +1,9 @@
 //! `ingest` integration tests: `POST /input` through `router` with `oneshot`, publishing through
 //! a real `producer` on a loopback port into a fresh Kafka topic (`KAFKA_BROKERS`, default
-//! `127.0.0.1:9092`) where the test needs Kafka.
+//! `127.0.0.1:9092`) where the test needs Kafka; property tests of the contract in `props`.
 
 mod kafka;
+mod props;
 mod publish;
 mod validation;
 

@@ -4,10 +4,11 @@ use crate::kafka::{self, RunningProducer, Topic};
 use crate::{BODY_LIMIT, app, closed_port_url, post_json};
 use axum::http::{StatusCode, header::RETRY_AFTER};
 use cloudevents::{AttributesReader, binding::rdkafka::MessageExt};
-use common::event::TWEET_TYPE;
+use common::{country, event::TWEET_TYPE};
 use futures::StreamExt;
 use serde_json::json;
 use std::collections::BTreeSet;
+use unicode_normalization::UnicodeNormalization;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_valid_tweet_is_202_and_already_in_kafka_as_a_binary_cloudevent() {
@@ -36,48 +37,78 @@ async fn a_valid_tweet_is_202_and_already_in_kafka_as_a_binary_cloudevent() {
         cloudevents::Data::Json(value) => value.clone(),
         cloudevents::Data::String(s) => serde_json::from_str(s).unwrap(),
     };
-    assert_eq!(data, json!({"texto": "Hoy llueve en Lima", "pais": "Perú", "clima": "lluvioso"}));
+    assert_eq!(
+        data,
+        json!({"texto": "Hoy llueve en Lima", "pais": "Perú", "pais_codigo": "PE", "clima": "lluvioso"})
+    );
 
     producer.stop().await;
     topic.delete().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn distinct_valid_countries_are_each_normalised_into_the_record_key() {
-    const COUNT: usize = 300;
+async fn every_country_in_any_spelling_is_normalised_into_the_record_key() {
     let topic = Topic::create().await;
     let producer = RunningProducer::start(&kafka::brokers(), &topic.name, 8_000).await;
     let app = app(&producer.url, BODY_LIMIT);
 
-    // Messy spellings of distinct countries, plus the limits that must still pass.
-    let mut bodies: Vec<(serde_json::Value, String)> = (0..COUNT - 4)
-        .map(|i| {
-            let body =
-                json!({"texto": "sol\ty\nviento", "pais": format!("\u{a0} pAÍS{i}   DE  la   prueba ")});
-            (body, format!("País{i} de la Prueba"))
+    // Each of the 249 countries once, spelled as a client might: its English name in lower case
+    // with a soft hyphen, its alpha-3 code, its Spanish name in fullwidth or decomposed upper
+    // case; plus the limits that must still pass.
+    let mut bodies: Vec<(serde_json::Value, String)> = country::all()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let pais = match i % 4 {
+                0 => format!("\u{a0} {}\u{ad}  ", c.en.to_lowercase()),
+                1 => c.alpha3.to_owned(),
+                2 => {
+                    c.es.chars()
+                        .map(|ch| {
+                            if ch.is_ascii_alphabetic() {
+                                char::from_u32(ch as u32 + 0xFEE0).unwrap()
+                            } else {
+                                ch
+                            }
+                        })
+                        .collect()
+                }
+                _ => c.es.to_uppercase().nfd().collect(),
+            };
+            (json!({"texto": "sol\ty\nviento", "pais": pais}), c.es.to_owned())
         })
         .collect();
     bodies.push((json!({"texto": "ñ".repeat(280), "pais": "chile"}), "Chile".into()));
-    bodies.push((json!({"texto": "x", "pais": "a".repeat(56)}), format!("A{}", "a".repeat(55))));
-    bodies.push((json!({"texto": "x", "pais": "peru\u{301}"}), "Perú".into()));
+    bodies.push((json!({"texto": "x", "país": "peru\u{301}"}), "Perú".into()));
     bodies.push((json!({"texto": "x", "pais": "costa\trica\n"}), "Costa Rica".into()));
+    bodies.push((json!({"texto": "x", "pais": "EE. UU."}), "Estados Unidos".into()));
+    let count = bodies.len();
 
     let expected: BTreeSet<String> = bodies.iter().map(|(_, key)| key.clone()).collect();
+    assert_eq!(expected.len(), 249, "the extra bodies reuse countries");
     let statuses: Vec<_> = futures::stream::iter(bodies)
         .map(|(body, _)| {
             let app = app.clone();
-            async move { post_json(&app, body.to_string()).await }
+            async move { (post_json(&app, body.to_string()).await, body) }
         })
         .buffer_unordered(32)
         .collect()
         .await;
-    for reply in &statuses {
-        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.json);
+    for (reply, body) in &statuses {
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{body}: {}", reply.json);
     }
 
-    let keys: BTreeSet<String> = topic.read(COUNT).await.iter().map(|r| kafka::key(r).to_owned()).collect();
+    let records = topic.read(count).await;
+    let keys: BTreeSet<String> = records.iter().map(|r| kafka::key(r).to_owned()).collect();
     assert_eq!(keys, expected);
-    assert_eq!(topic.record_count().await, COUNT as i64);
+    for record in &records {
+        // The code travels with the name, derived from it.
+        let event = record.to_event().expect("a binary-mode CloudEvent");
+        let received = common::event::Received::from_event(&event).expect("a tweet event");
+        assert_eq!(received.tweet.pais, kafka::key(record));
+        assert_eq!(Some(received.tweet.country()), country::resolve(kafka::key(record)));
+    }
+    assert_eq!(topic.record_count().await, count as i64);
 
     producer.stop().await;
     topic.delete().await;

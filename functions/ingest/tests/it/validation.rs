@@ -3,6 +3,7 @@
 
 use crate::{BODY_LIMIT, Reply, app_without_producer, closed_port_url, post_json, request, send};
 use axum::http::{Method, StatusCode};
+use common::tweet::MAX_PAIS_CHARS;
 use serde_json::{Value, json};
 
 #[track_caller]
@@ -41,7 +42,18 @@ async fn invalid_tweets_are_400_naming_the_field() {
         (r#"{"texto":"x","pais":"Chile","clima":"caluroso"}"#, Some("clima")),
         (r#"{"texto":"x","pais":"Chile","clima":""}"#, Some("clima")),
         (r#"{"texto":"x","pais":"Chile","clima":"soleado2"}"#, Some("clima")),
-        // Control characters: none in `pais` (whitespace ones collapse to a space, see `publish`),
+        // Not a country of ISO 3166-1 (nor a code, nor a spelling of one).
+        (r#"{"texto":"x","pais":"Atlantis"}"#, Some("pais")),
+        (r#"{"texto":"x","pais":"XX"}"#, Some("pais")),
+        (r#"{"texto":"x","pais":"Inglaterra"}"#, Some("pais")),
+        (r#"{"texto":"x","pais":"\u00ad\u200b"}"#, Some("pais")),
+        // Duplicate keys, however spelled.
+        (r#"{"texto":"x","pais":"Chile","pais":"Perú"}"#, Some("pais")),
+        (r#"{"texto":"x","pais":"Chile","pa\u0069s":"Chile"}"#, Some("pais")),
+        (r#"{"texto":"x","texto":"x","pais":"Chile"}"#, Some("texto")),
+        (r#"{"texto":"x","pais":"Chile","clima":"soleado","clima":"soleado"}"#, Some("clima")),
+        (r#"{"texto":"x","pais":"Chile","origen":"a","origen":"b"}"#, None),
+        // Control characters: none in `pais` (whitespace ones separate words, see `publish`),
         // only tab and newline in `texto`.
         (r#"{"texto":"x","pais":"Ch\u0007ile"}"#, Some("pais")),
         (r#"{"texto":"a\u0000b","pais":"Chile"}"#, Some("texto")),
@@ -58,12 +70,28 @@ async fn invalid_tweets_are_400_naming_the_field() {
 
     let too_long = [
         (json!({"texto": "ñ".repeat(281), "pais": "Chile"}), "texto"),
-        (json!({"texto": "x", "pais": "a".repeat(57)}), "pais"),
-        (json!({"texto": "x", "país": "é".repeat(57)}), "pais"),
+        (json!({"texto": "x", "pais": "a".repeat(MAX_PAIS_CHARS + 1)}), "pais"),
+        (json!({"texto": "x", "país": "é".repeat(MAX_PAIS_CHARS + 1)}), "pais"),
     ];
     for (body, field) in too_long {
         assert_400(&post_json(&app, body.to_string()).await, Some(field), field);
     }
+}
+
+#[tokio::test]
+async fn errors_say_what_was_wrong() {
+    let app = app_without_producer();
+    let reply = post_json(&app, r#"{"texto":"x","pais":"Atlantis"}"#).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.json["field"], "pais");
+    let error = reply.json["error"].as_str().unwrap();
+    assert!(error.starts_with(r#"pais "Atlantis" is not a country of ISO 3166-1"#), "{error}");
+
+    let reply = post_json(&app, r#"{"texto":"x","pais":"Chile","pais":"Perú"}"#).await;
+    assert_eq!((reply.status, reply.json["field"].as_str()), (StatusCode::BAD_REQUEST, Some("pais")));
+    assert!(reply.json["error"].as_str().unwrap().starts_with(r#"duplicate key "pais""#), "{}", reply.json);
+    let reply = post_json(&app, r#"{"texto":"x","pais":"Chile","origen":1,"origen":2}"#).await;
+    assert!(reply.json["error"].as_str().unwrap().starts_with(r#"duplicate key "origen""#), "{}", reply.json);
 }
 
 #[tokio::test]
@@ -96,17 +124,28 @@ async fn hostile_bodies_are_400_not_a_crash() {
     let many_fields: serde_json::Map<String, Value> =
         (0..1_000).map(|i| (format!("k{i}"), json!(i))).collect();
     assert_400(&post_json(&app, Value::Object(many_fields).to_string()).await, Some("texto"), "1,000 fields");
+    // As many repeated keys as fit: the first repeat answers, whatever follows.
+    let repeated = format!(r#"{{"texto":"x","pais":"Chile"{}}}"#, r#","k":1"#.repeat(2_500));
+    assert_400(&post_json(&app, repeated).await, None, "2,500 repeats of one key");
+    // Deep nesting in an ignored field is skipped without recursion, within the body limit.
+    let deep = format!(r#"{{"texto":"x","pais":"Chile","m":{}{}}}"#, "[".repeat(8_000), "]".repeat(8_000));
+    let reply = post_json(&app, deep).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "valid, so it reached the missing producer");
+    // Format characters and fullwidth letters in `pais` are no way around the list.
+    let sneaky = json!({"texto": "x", "pais": "Ａｔｌａｎ\u{ad}ｔｉｓ\u{200b}\u{fe0f}"}).to_string();
+    assert_400(&post_json(&app, sneaky).await, Some("pais"), "fullwidth Atlantis");
 }
 
 #[tokio::test]
 async fn ten_thousand_distinct_invalid_countries_are_all_400() {
     let app = app_without_producer();
     for i in 0..10_000 {
-        let pais = match i % 5 {
-            0 => json!(format!("{i}{}", "x".repeat(60))),
+        let pais = match i % 6 {
+            0 => json!(format!("{i}{}", "x".repeat(MAX_PAIS_CHARS))),
             1 => json!(format!("País\u{7}{i}")),
             2 => json!(i),
             3 => json!([format!("País {i}")]),
+            4 => json!(format!("País {i} de la Prueba")),
             _ => json!({ "nombre": format!("País {i}") }),
         };
         let body = json!({"texto": "Hoy llueve", "pais": pais}).to_string();
@@ -154,13 +193,56 @@ async fn other_content_types_are_415() {
 }
 
 #[tokio::test]
-async fn wrong_method_or_path_and_health() {
+async fn input_slash_and_root_are_the_same_endpoint() {
     let app = app_without_producer();
-    let get = send(&app, request(Method::GET, "/input", None, "")).await;
-    assert_eq!(get.status, StatusCode::METHOD_NOT_ALLOWED);
-    let other = send(&app, request(Method::POST, "/tweets", Some("application/json"), "{}")).await;
-    assert_eq!(other.status, StatusCode::NOT_FOUND);
-    for probe in ["/health/readiness", "/health/liveness"] {
-        assert_eq!(send(&app, request(Method::GET, probe, None, "")).await.status, StatusCode::OK, "{probe}");
+    for path in ingest::INPUT_PATHS {
+        // Validated alike: an invalid tweet is 400 naming the field, a valid one reaches the
+        // (missing) producer, another content type is 415.
+        let invalid =
+            send(&app, request(Method::POST, path, Some("application/json"), r#"{"texto":"x"}"#)).await;
+        assert_400(&invalid, Some("pais"), path);
+        let valid = r#"{"texto":"x","pais":"Chile"}"#;
+        let reply = send(&app, request(Method::POST, path, Some("application/json"), valid)).await;
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        let reply = send(&app, request(Method::POST, path, Some("text/plain"), valid)).await;
+        assert_eq!(reply.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{path}");
     }
+}
+
+#[tokio::test]
+async fn other_methods_are_405_with_allow_post_and_other_paths_404() {
+    let app = app_without_producer();
+    let methods = ["GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS", "M1", "PROPFIND"];
+    for path in ingest::INPUT_PATHS {
+        for method in methods {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            let reply = send(&app, request(method.clone(), path, Some("application/json"), "{}")).await;
+            assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            let allow = reply.headers.get("allow").map(|v| v.to_str().unwrap());
+            assert_eq!(allow, Some("POST"), "{method} {path}");
+            if method != Method::HEAD {
+                assert_eq!(reply.json["error"], "only POST is allowed here", "{method} {path}");
+            }
+        }
+    }
+    for path in ["/tweets", "/input/x", "//input", "/inputs", "/INPUT", "/input//", "/health", "/health/x"] {
+        for method in [Method::POST, Method::GET] {
+            let reply = send(&app, request(method.clone(), path, Some("application/json"), "{}")).await;
+            assert_eq!(reply.status, StatusCode::NOT_FOUND, "{method} {path}");
+            assert_eq!(reply.json["error"], "no such endpoint; post tweets to /input", "{method} {path}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn probes_and_metrics_are_unchanged() {
+    let app = app_without_producer();
+    for probe in ["/health/readiness", "/health/liveness"] {
+        let reply = send(&app, request(Method::GET, probe, None, "")).await;
+        assert_eq!(reply.status, StatusCode::OK, "{probe}");
+    }
+    let metrics = send(&app, request(Method::GET, "/metrics", None, "")).await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    let content_type = metrics.headers["content-type"].to_str().unwrap();
+    assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
 }
