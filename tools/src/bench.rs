@@ -232,11 +232,9 @@ fn machine() -> String {
 fn sample_tweet(i: usize) -> Tweet {
     const COUNTRIES: [&str; 8] =
         ["Guatemala", "México", "El Salvador", "Honduras", "Perú", "Chile", "Colombia", "España"];
-    Tweet {
-        texto: format!("Reporte {i}: cielo cambiante con viento moderado durante la tarde"),
-        pais: COUNTRIES[i % COUNTRIES.len()].to_owned(),
-        clima: Clima::ALL[i % 7],
-    }
+    let texto = format!("Reporte {i}: cielo cambiante con viento moderado durante la tarde");
+    Tweet::new(&texto, COUNTRIES[i % COUNTRIES.len()], Some(Clima::ALL[i % 7].as_str()))
+        .expect("a valid tweet")
 }
 
 async fn raw_producer(stack: &Stack, args: &BenchArgs) -> anyhow::Result<f64> {

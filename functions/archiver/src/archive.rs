@@ -130,7 +130,8 @@ pub fn document(event: &Received) -> Document {
     let mut d = doc! {
         "_id": &event.id,
         "texto": &event.tweet.texto,
-        "pais": &event.tweet.pais,
+        "pais": event.tweet.pais,
+        "pais_codigo": event.tweet.pais_codigo,
         "clima": event.tweet.clima.as_str(),
         "archived_at": bson::DateTime::now(),
     };

@@ -12,11 +12,13 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// A function's routes plus what every function serves: request metrics on them, the probes
 /// and `GET /metrics`.
 pub fn app(routes: Router) -> Router {
+    // `layer`, not `route_layer`: unmatched requests (404, 405) are counted and traced too,
+    // under the fixed route `unmatched` (`common::http`); the probes and /metrics are skipped.
     routes
-        .route_layer(axum::middleware::from_fn(crate::metrics::track))
-        .route_layer(axum::middleware::from_fn(crate::telemetry::server_span))
         .merge(health())
         .merge(crate::metrics::routes())
+        .layer(axum::middleware::from_fn(crate::metrics::track))
+        .layer(axum::middleware::from_fn(crate::telemetry::server_span))
 }
 
 /// The platform's probe routes; they answer as soon as the process serves.

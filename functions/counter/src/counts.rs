@@ -8,6 +8,9 @@
 //! - `countries` — hash: country → tweets;
 //! - `climas` — hash: weather condition → tweets;
 //! - `country-clima` — hash: `country/condition` → tweets (the condition never holds `/`);
+//! - `country-codes` — hash: ISO 3166-1 alpha-2 code → tweets (Grafana's geomap reads it);
+//!   countries come from ISO 3166-1 (`common::country`), so these hashes hold at most 249
+//!   fields (× 8 conditions for `country-clima`) by construction;
 //! - `seen:{topic}:{partition}:{block}` — bitmap of counted records of the record's own topic,
 //!   bit `offset mod 2^20` of block `offset div 2^20`; each block is 128 KiB at most and its
 //!   expiry is set again to `DEDUP_TTL_S` whenever a record is counted in it, so every record's
@@ -66,6 +69,7 @@ redis.call('INCR', KEYS[2])
 redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
 redis.call('HINCRBY', KEYS[4], ARGV[5], 1)
 redis.call('HINCRBY', KEYS[5], ARGV[4] .. '/' .. ARGV[5], 1)
+redis.call('HINCRBY', KEYS[7], ARGV[7], 1)
 return 1
 "#;
 
@@ -93,6 +97,9 @@ impl Keyspace {
     pub fn country_clima(&self) -> String {
         format!("{}country-clima", self.tag)
     }
+    pub fn country_codes(&self) -> String {
+        format!("{}country-codes", self.tag)
+    }
     /// The bitmap block that holds `position`'s mark, and the bit in it.
     pub fn seen(&self, topic: &str, position: Position) -> (String, i64) {
         let block = position.offset / BLOCK_BITS;
@@ -116,6 +123,7 @@ impl Keyspace {
             countries: hash(self.countries()).query_async(redis).await?,
             climas: hash(self.climas()).query_async(redis).await?,
             country_clima: hash(self.country_clima()).query_async(redis).await?,
+            country_codes: hash(self.country_codes()).query_async(redis).await?,
         })
     }
 
@@ -142,6 +150,8 @@ pub struct Counted {
     pub countries: BTreeMap<String, i64>,
     pub climas: BTreeMap<String, i64>,
     pub country_clima: BTreeMap<String, i64>,
+    /// ISO 3166-1 alpha-2 code → tweets (for a geomap).
+    pub country_codes: BTreeMap<String, i64>,
 }
 
 /// Counts in Redis, connecting on first use so the function starts while Redis is down.
@@ -217,10 +227,12 @@ impl Counts {
             .key(self.keys.climas())
             .key(self.keys.country_clima())
             .arg(self.ttl_s)
-            .arg(&event.tweet.pais)
+            .arg(event.tweet.pais)
             .arg(event.tweet.clima.as_str())
             .arg(if event.idempotent && event.position.is_some() { "1" } else { "0" })
-            .key(self.keys.seen_id(&event.id));
+            .key(self.keys.seen_id(&event.id))
+            .key(self.keys.country_codes())
+            .arg(event.tweet.pais_codigo);
         let span = tracing::info_span!(
             "EVALSHA",
             otel.kind = "client",

@@ -92,6 +92,7 @@ async fn an_event_becomes_exactly_one_document_however_often_it_is_delivered() {
             "_id": "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
             "texto": "Tormenta y granizo",
             "pais": "El Salvador",
+            "pais_codigo": "SV",
             "clima": "tormenta",
             "time": time,
             "partition": 2_i32,
