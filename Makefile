@@ -9,7 +9,7 @@ CARGO ?= cargo
 JAEGER_OTLP_PORT ?= 4317
 JAEGER_UI_PORT ?= 16686
 
-.PHONY: demo test check bench stack-up stack-down stack-status
+.PHONY: demo test check bench faults stack-up stack-down stack-status
 
 ## demo: start the stack, build, run the pipeline under a Locust burst and print the summary
 demo: $(LOCUST)
@@ -22,17 +22,26 @@ demo: $(LOCUST)
 test: $(LOCUST)
 	dev/stack run -- $(MAKE) --no-print-directory check
 
-## check: formatting, lints and every test (expects the stack to be up)
+## check: formatting, lints and every test (expects the stack to be up). One release build
+## serves the demo, the bench and the tests, so `make test` after `make demo` builds only the
+## test harnesses.
 check:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) test --release --workspace
+	target/release/tools faults --short
 	knative/validate
 	bash grafana/validate.sh
 	CARGO=$(CARGO) images/check
 	$(VENV)/bin/python -m pytest -q -m experiment loadtest/energy
 	$(VENV)/bin/python -m pytest -q loadtest knative
+
+## faults: the whole fault suite on the real stack — every scenario, full size (target/faults/faults.json)
+faults:
+	dev/stack up
+	$(CARGO) build --release --workspace --bins
+	target/release/tools faults
 
 ## bench: raw Kafka producer rate, ingest→Kafka and end-to-end figures (target/bench/bench.json)
 bench:

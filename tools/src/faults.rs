@@ -324,10 +324,16 @@ async fn scenario(stack: &Stack, args: &FaultArgs, name: &str) -> anyhow::Result
             t.post(b..n).await?;
             t.state.wait_delivered(Duration::from_secs(120)).await?;
             let dead = t.state.snapshot().await?.dead_lettered;
-            let replay = ReplayArgs { out: args.out.join(name), rewrite: vec![], attempts: 5 };
-            let first = replay::run(&t.state, &replay).await?;
+            let replay = ReplayArgs {
+                out: args.out.join(name),
+                rewrite: vec![],
+                attempts: 5,
+                dead_letter_topic: None,
+            };
+            let brokers = &t.pipeline.stack.kafka_brokers;
+            let first = replay::run(brokers, &t.state.dead_letters, &replay).await?;
             let counted = t.state.counted().await?;
-            let second = replay::run(&t.state, &replay).await?;
+            let second = replay::run(brokers, &t.state.dead_letters, &replay).await?;
             let mut failed =
                 check(dead > 0, "nothing was dead-lettered: the outage did not outlast the budget");
             failed

@@ -63,7 +63,11 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Replay(args) => {
-            let replayed = replay::run(&State::new(&cli.stack)?, &args).await?;
+            let topic = match &args.dead_letter_topic {
+                Some(topic) => topic.clone(),
+                None => State::new(&cli.stack)?.dead_letters,
+            };
+            let replayed = replay::run(&cli.stack.kafka_brokers, &topic, &args).await?;
             println!("{}", serde_json::to_string(&replayed)?);
         }
         Command::Reset => State::new(&cli.stack)?.reset().await?,

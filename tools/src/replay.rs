@@ -13,7 +13,6 @@
 //! the position extensions with the letter's own place in the dead-letter topic, and counter
 //! would take the letter for a new record. The Job in `knative/replay/` runs this command.
 
-use crate::state::State;
 use anyhow::{Context, bail};
 use cloudevents::{
     AttributesReader, binding::rdkafka::MessageExt, binding::reqwest::RequestBuilderExt,
@@ -38,6 +37,10 @@ pub struct ReplayArgs {
     /// Attempts per letter while its sink answers 5xx or cannot be reached.
     #[arg(long, default_value_t = 5)]
     pub attempts: u32,
+    /// The dead-letter topic; by default the KafkaSink of the manifests' KafkaSources (with the
+    /// run id's suffix).
+    #[arg(long)]
+    pub dead_letter_topic: Option<String>,
 }
 
 /// What one replay did.
@@ -67,16 +70,16 @@ struct Line<'a> {
     outcome: &'a str,
 }
 
-pub async fn run(state: &State, args: &ReplayArgs) -> anyhow::Result<Replayed> {
+/// Replays every letter of `topic` on the Kafka at `brokers`.
+pub async fn run(brokers: &str, topic: &str, args: &ReplayArgs) -> anyhow::Result<Replayed> {
     let rewrites: BTreeMap<&str, &str> = args
         .rewrite
         .iter()
         .map(|r| r.split_once('=').with_context(|| format!("--rewrite {r:?} is not FROM=TO")))
         .collect::<anyhow::Result<_>>()?;
-    let topic = &state.dead_letters;
-    let marks = state.watermarks(topic)?;
+    let marks = crate::state::watermarks(brokers, topic)?;
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &state.stack.kafka_brokers)
+        .set("bootstrap.servers", brokers)
         .set("enable.auto.commit", "false")
         .create()
         .context("creating the Kafka consumer")?;

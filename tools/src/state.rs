@@ -208,6 +208,21 @@ impl State {
     }
 }
 
+/// `(partition, low, high)` watermarks of `topic` on the Kafka at `brokers`.
+pub fn watermarks(brokers: &str, topic: &str) -> anyhow::Result<Vec<(i32, i64, i64)>> {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().context("creating a Kafka client")?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
+        .with_context(|| format!("reading topic {topic} — is Kafka running at {brokers}?"))?;
+    let mut marks = Vec::new();
+    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), KAFKA_TIMEOUT)?;
+        marks.push((p.id(), low, high));
+    }
+    Ok(marks)
+}
+
 /// The accepted tweets against what the pipeline holds, every difference reported in its own
 /// direction (nothing clamped): a deficit is a tweet lost, a surplus one counted or archived
 /// twice (or a tweet Kafka took although the client was told it failed).

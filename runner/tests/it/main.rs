@@ -302,3 +302,33 @@ async fn a_garbage_record_is_dead_lettered_and_the_pipeline_keeps_flowing() {
     clean(&options).await;
     runner.stop().await;
 }
+
+/// The bug this guards against: offsets committed one past what was delivered, so the first
+/// record written to each partition while the runner was down was never delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_written_while_the_runner_was_down_are_all_delivered() {
+    let options = options();
+    let runner = Runner::start(options.clone()).await.expect("runner starts");
+    post(&runner, 0..30).await;
+    runner.drain(Duration::from_secs(60)).await.expect("delivered");
+    runner.stop().await;
+
+    // Nine keyed tweets, three per partition at least once, straight into the topic.
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", &options.stack.kafka_brokers).create().unwrap();
+    let topic = options.stack.topic("messages");
+    for i in 30..39 {
+        let (pais, _) = (COUNTRIES[i % COUNTRIES.len()], ());
+        producer
+            .send(
+                FutureRecord::to(&topic).key(pais).payload(&tweet(i).to_string()),
+                Timeout::After(Duration::from_secs(10)),
+            )
+            .await
+            .expect("Kafka takes the record");
+    }
+    let runner = Runner::start(options).await.expect("runner starts again");
+    assert_exact(&runner, 39).await;
+    clean(&runner.options).await;
+    runner.stop().await;
+}

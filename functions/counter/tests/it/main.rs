@@ -25,13 +25,18 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Fixture {
+        Fixture::with_ttl(600).await
+    }
+
+    /// A counter whose dedup marks live `ttl_s` seconds.
+    async fn with_ttl(ttl_s: u64) -> Fixture {
         let prefix = format!("it:{}:", uuid::Uuid::now_v7().simple());
         let redis = redis::Client::open(redis_url())
             .unwrap()
             .get_multiplexed_async_connection()
             .await
             .unwrap_or_else(|e| panic!("Redis at {} is needed and unreachable: {e}", redis_url()));
-        Fixture { app: app(&redis_url(), &prefix, 2_000), prefix, redis }
+        Fixture { app: app(&redis_url(), &prefix, 2_000, ttl_s), prefix, redis }
     }
 
     async fn total(&mut self) -> Option<i64> {
@@ -51,14 +56,14 @@ impl Fixture {
     }
 }
 
-fn app(redis_url: &str, prefix: &str, redis_timeout_ms: u64) -> Router {
+fn app(redis_url: &str, prefix: &str, redis_timeout_ms: u64, dedup_ttl_s: u64) -> Router {
     let config = Config {
         port: 0,
         host: "127.0.0.1".into(),
         redis_url: redis_url.into(),
         key_prefix: prefix.into(),
         topic: "messages".into(),
-        dedup_ttl_s: 600,
+        dedup_ttl_s,
         redis_timeout_ms,
     };
     common::sink::router(Arc::new(Counts::new(&config).expect("a valid Redis URL")))
@@ -229,9 +234,94 @@ async fn an_event_over_64_kib_is_413() {
 
 #[tokio::test]
 async fn unreachable_redis_is_503() {
-    let app = app("redis://127.0.0.1:1", "it:unreachable:", 500);
+    let app = app("redis://127.0.0.1:1", "it:unreachable:", 500, 600);
     let (status, body) = tokio::time::timeout(Duration::from_secs(10), send(&app, tweet_event("x")))
         .await
         .expect("an answer, not a hang");
     assert_eq!((status, body), (StatusCode::SERVICE_UNAVAILABLE, json!({"error": "redis is unavailable"})));
+}
+
+/// A record of `topic` at `partition`/`offset`, wrapped as Knative wraps a plain record (the
+/// source names the topic), with `extra` headers.
+fn record_of(topic: &str, partition: u32, offset: u64, id: &str, extra: &[(&str, &str)]) -> Request<Body> {
+    let source = format!("/apis/v1/namespaces/weather/kafkasources/counter#{topic}");
+    let (p, o) = (partition.to_string(), offset.to_string());
+    let mut headers = vec![
+        ("ce-source", source.as_str()),
+        ("ce-knativekafkapartition", p.as_str()),
+        ("ce-knativekafkaoffset", o.as_str()),
+    ];
+    headers.extend_from_slice(extra);
+    binary(id, KAFKA_EVENT_TYPE, r#"{"texto":"Sol","pais":"Chile"}"#, &headers)
+}
+
+#[tokio::test]
+async fn the_same_position_in_another_topic_is_another_record() {
+    let mut f = Fixture::new().await;
+    let counted =
+        |reply: (StatusCode, serde_json::Value)| reply == (StatusCode::OK, json!({"duplicate": false}));
+    assert!(counted(send(&f.app, record_of("messages", 0, 5, "a", &[])).await));
+    assert!(
+        counted(send(&f.app, record_of("messages-dlq", 0, 5, "b", &[])).await),
+        "a dead letter's own position"
+    );
+    assert!(!counted(send(&f.app, record_of("messages", 0, 5, "a", &[])).await));
+    assert_eq!(f.total().await, Some(2));
+    f.clean().await;
+}
+
+#[tokio::test]
+async fn every_mark_lives_the_ttl_after_its_own_record_was_counted() {
+    // Marks live 2 s. Record 1 is counted 1.5 s after record 0, in the same bitmap block; its
+    // redelivery 1 s later (2.5 s after the block was created) must still be a duplicate.
+    let mut f = Fixture::with_ttl(2).await;
+    assert_eq!(
+        send(&f.app, kafka_record(0, 0, r#"{"texto":"a","pais":"Chile"}"#)).await.1,
+        json!({"duplicate": false})
+    );
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        send(&f.app, kafka_record(0, 1, r#"{"texto":"b","pais":"Chile"}"#)).await.1,
+        json!({"duplicate": false})
+    );
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(
+        send(&f.app, kafka_record(0, 1, r#"{"texto":"b","pais":"Chile"}"#)).await.1,
+        json!({"duplicate": true}),
+        "record 1's mark expired with its block"
+    );
+    // And a mark does expire: the bound on memory holds.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let blocks: Vec<String> =
+        f.redis.keys(format!("{{{}}}:seen:*", f.prefix.trim_end_matches(':'))).await.unwrap();
+    assert!(blocks.is_empty(), "{blocks:?} outlived the TTL");
+    f.clean().await;
+}
+
+#[tokio::test]
+async fn records_of_one_idempotency_key_count_once() {
+    let mut f = Fixture::new().await;
+    let marked = [("ce-weatheridempotent", "true")];
+    let id = "0f0e0d0c-0b0a-5909-8807-060504030201";
+    let replies = [
+        send(&f.app, record_of("messages", 1, 10, id, &marked)).await.1,
+        send(&f.app, record_of("messages", 1, 11, id, &marked)).await.1,
+        send(&f.app, record_of("messages", 2, 3, id, &marked)).await.1,
+        send(&f.app, record_of("messages", 1, 10, id, &marked)).await.1,
+    ];
+    assert_eq!(
+        replies,
+        [
+            json!({"duplicate": false}),
+            json!({"duplicate": true}),
+            json!({"duplicate": true}),
+            json!({"duplicate": true})
+        ]
+    );
+    // Without the mark, the same id at another offset is another record (ids of wrapped records
+    // repeat across topics).
+    assert_eq!(send(&f.app, record_of("messages", 1, 12, id, &[])).await.1, json!({"duplicate": false}));
+    assert_eq!(f.total().await, Some(2));
+    assert_eq!(f.hash(Keyspace::country_codes).await, HashMap::from([("CL".into(), 2)]));
+    f.clean().await;
 }
