@@ -244,3 +244,20 @@ def test_report_writes_every_file(tmp_path):
     assert mode["counts"]["archived"] == 1000 and mode["load"] == [{"t": 6.0, "users": 5, "rps": 100.0}]
     assert mode["cold_starts"]["count"] == 0 and mode["model"] == asdict(PowerModel())
     assert set(mode["series"]) == {"t", "power_w", "utilisation", "component_w"}
+
+
+def test_report_command_redoes_the_report_from_saved_runs(tmp_path):
+    from ..__main__ import all_delivered, main
+
+    for mode in ("always-on", "scale-to-zero"):
+        folder = tmp_path / mode
+        folder.mkdir()
+        (folder / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in synthetic_run()))
+        Run(mode, Settings(out=tmp_path, bursts=1, burst_seconds=5, idle_period_ms=2000), Plan(5.0, 1, 5, 0),
+            (0.0, 20.0), LocustStats(1000, 1000, 0, 3.0, 9.0), Counts(1000, 1000, 1000), 0).write(folder / "run.json")
+    assert main(["report", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "**Load:** 1 bursts of 5 s" in text and "scale-to-zero idle period 2 s" in text
+    modes = json.loads((tmp_path / "report.json").read_text())["modes"]
+    assert [m["settings"]["idle_period_ms"] for m in modes] == [2000, 2000]
+    assert all_delivered(tmp_path, ("always-on", "scale-to-zero"))
