@@ -8,8 +8,11 @@ CARGO ?= cargo
 # The stack's Jaeger (dev/stack reads the same variables).
 JAEGER_OTLP_PORT ?= 4317
 JAEGER_UI_PORT ?= 16686
+# Every bash script of the repository: the tracked files whose first line is a bash shebang.
+BASH_SCRIPTS = $(shell git ls-files | while read -r f; do \
+	head -n 1 "$$f" 2>/dev/null | grep -qE '^\#!(/usr/bin/env |/bin/)bash' && echo "$$f"; done)
 
-.PHONY: demo test check bench faults stack-up stack-down stack-status
+.PHONY: demo test check lint bench faults stack-up stack-down stack-status
 
 ## demo: start the stack, build, run the pipeline under a Locust burst and print the summary
 demo: $(LOCUST)
@@ -25,7 +28,7 @@ test: $(LOCUST)
 ## check: formatting, lints and every test (expects the stack to be up). One release build
 ## serves the demo, the bench and the tests, so `make test` after `make demo` builds only the
 ## test harnesses.
-check:
+check: lint
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --release --workspace --bins
@@ -42,6 +45,14 @@ faults:
 	dev/stack up
 	$(CARGO) build --release --workspace --bins
 	target/release/tools faults
+
+## lint: shellcheck over every bash script, ruff (ruff.toml) over the Python. ruff is pinned in
+## loadtest/requirements.txt (.stack/venv); shellcheck is Debian's, installed by dev/stack
+## install like the stack's other Debian packages.
+lint: $(LOCUST)
+	command -v shellcheck >/dev/null || dev/stack install
+	shellcheck $(BASH_SCRIPTS)
+	$(VENV)/bin/ruff check loadtest knative
 
 ## bench: raw Kafka producer rate, ingest→Kafka and end-to-end figures (target/bench/bench.json)
 bench:

@@ -135,7 +135,7 @@ def make_tweet(rng: random.Random) -> dict[str, str]:
     """Return one ``POST /input`` body drawn with ``rng``."""
     clima = rng.choice(tuple(PHRASES))
     country = rng.choice(COUNTRIES)
-    text = rng.choice(PHRASES[clima]).format(lugar=rng.choice(PLACES + (country,)))
+    text = rng.choice(PHRASES[clima]).format(lugar=rng.choice((*PLACES, country)))
     country_key = "país" if rng.random() < ACCENTED_KEY_PROBABILITY else "pais"
     tweet = {"texto": text, country_key: country}
     if rng.random() < CLIMA_PROBABILITY:

@@ -54,7 +54,7 @@ def test_clima_matches_the_phrase_it_came_from():
     for tweet in sample_tweets():
         if "clima" in tweet:
             country = tweet.get("pais", tweet.get("país"))
-            texts = {p.format(lugar=place) for p in PHRASES[tweet["clima"]] for place in PLACES + (country,)}
+            texts = {p.format(lugar=place) for p in PHRASES[tweet["clima"]] for place in (*PLACES, country)}
             assert tweet["texto"] in texts
 
 

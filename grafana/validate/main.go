@@ -29,12 +29,15 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// redisKeys are the keys counter writes (functions/counter/src/counts.rs, README "Exactly once").
+// redisKeys are the keys counter writes under the manifests' prefix `weather:`
+// (knative/base/counter.yaml, REDIS_KEY_PREFIX), which it spells as the hash tag `{weather}:` so
+// that every key lives in one Redis Cluster slot (counter::Keyspace in
+// functions/counter/src/counts.rs).
 var redisKeys = map[string]bool{
-	"weather:total":         true,
-	"weather:countries":     true,
-	"weather:climas":        true,
-	"weather:country-clima": true,
+	"{weather}:total":         true,
+	"{weather}:countries":     true,
+	"{weather}:climas":        true,
+	"{weather}:country-clima": true,
 }
 
 // redisReadCommands are the redis-datasource commands a dashboard may run: reads only.

@@ -153,15 +153,21 @@ func TestRejectsUnknownPrometheusQueryField(t *testing.T) {
 func TestRejectsUnknownRedisKeyAndWrite(t *testing.T) {
 	errs := mutate(t, "tweets.json", func(d map[string]any) {
 		tg := targetAt(panelAt(d, 1), 0)
-		tg["keyName"] = "weather:cities"
+		tg["keyName"] = "{weather}:cities"
 		tg["command"] = "del"
 	})
-	expectRejected(t, errs, `redis key "weather:cities" is not one counter writes`)
+	expectRejected(t, errs, `redis key "{weather}:cities" is not one counter writes`)
 	expectRejected(t, errs, `redis command "del"`)
 }
 
+// Before the hash tag, counter wrote weather:total; a dashboard still reading it would show nothing.
+func TestRejectsRedisKeyWithoutHashTag(t *testing.T) {
+	errs := mutate(t, "tweets.json", func(d map[string]any) { targetAt(panelAt(d, 0), 0)["keyName"] = "weather:total" })
+	expectRejected(t, errs, `redis key "weather:total" is not one counter writes`)
+}
+
 func TestRejectsUnknownRedisQueryField(t *testing.T) {
-	errs := mutate(t, "tweets.json", func(d map[string]any) { targetAt(panelAt(d, 0), 0)["keyname"] = "weather:total" })
+	errs := mutate(t, "tweets.json", func(d map[string]any) { targetAt(panelAt(d, 0), 0)["keyname"] = "{weather}:total" })
 	expectRejected(t, errs, `unknown redis-datasource query field "keyname"`)
 }
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from . import accounting, experiment, report
+from .tools import ToolsError
 
 
 def add_energy_options(p: argparse.ArgumentParser) -> None:
@@ -19,7 +20,8 @@ def add_energy_options(p: argparse.ArgumentParser) -> None:
                    help="watts per vCPU at 0 %% utilisation (default: Cloud Carbon Footprint, GCP median)")
     g.add_argument("--max-w", type=float, default=accounting.MAX_W_PER_VCPU,
                    help="watts per vCPU at 100 %% utilisation (default: Cloud Carbon Footprint, GCP median)")
-    g.add_argument("--pue", type=float, default=accounting.PUE, help="power usage effectiveness (default: GCP's, per CCF)")
+    g.add_argument("--pue", type=float, default=accounting.PUE,
+                   help="power usage effectiveness (default: GCP's, per CCF)")
     g.add_argument("--grid-g-per-kwh", type=float, default=accounting.GRID_G_PER_KWH,
                    help="grid intensity, gCO2e/kWh (default: world average 2023, Ember)")
     g.add_argument("--grid-source", default=accounting.GRID_SOURCE, help="where --grid-g-per-kwh comes from (printed)")
@@ -29,8 +31,8 @@ def add_shape_options(p: argparse.ArgumentParser, defaults) -> None:
     g = p.add_argument_group("load shape")
     g.add_argument("--users", type=int, default=defaults.users, help="Locust users during a burst")
     g.add_argument("--user-rps", type=float, default=defaults.user_rps, help="requests/s per user (0 = no wait)")
-    g.add_argument("--burst-seconds", type=float, default=defaults.burst_seconds)
-    g.add_argument("--gap-seconds", type=float, default=defaults.gap_seconds,
+    g.add_argument("--burst-seconds", type=int, default=defaults.burst_seconds, help="seconds per burst")
+    g.add_argument("--gap-seconds", type=int, default=defaults.gap_seconds,
                    help="idle seconds between bursts; keep it longer than the scale-to-zero window")
     g.add_argument("--bursts", "--repetitions", dest="bursts", type=int, default=defaults.bursts,
                    help="number of bursts (repetitions of burst + gap)")
@@ -53,13 +55,13 @@ def shape_text(s) -> str:
 
 def local_report(out: Path, modes, args, settings) -> Path:
     results = [experiment.analyse_run(out / m, model_of(args), args.grid_g_per_kwh) for m in modes]
-    context = {
-        "where": "One machine, the local runner playing Knative (`make energy`).",
-        "machine": experiment.machine_description(),
-        "shape": shape_text(settings),
-        "grid_source": args.grid_source,
-        "model_source": accounting.CCF_SOURCE,
-    }
+    context = report.Context(
+        where="One machine, the local runner playing Knative (`make energy`).",
+        machine=experiment.machine_description(),
+        shape=shape_text(settings),
+        grid_source=args.grid_source,
+        model_source=accounting.CCF_SOURCE,
+    )
     return report.write(results, out, context)
 
 
@@ -73,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--idle-period-ms", type=int, default=d.idle_period_ms, help="scale-to-zero idle period")
     run.add_argument("--modes", default=",".join(d.modes), help="comma-separated, in order")
     run.add_argument("--interval", type=float, default=d.interval, help="sampling interval, s")
-    run.add_argument("--runner", type=Path, default=d.runner)
+    run.add_argument("--runner", type=Path, default=d.runner, help="the runner binary (`runner up`)")
+    run.add_argument("--tools", type=Path, default=d.tools,
+                     help="the tools binary (`tools reset`, `tools counts`, `tools load`)")
     run.add_argument("--locust", type=Path, default=d.locust)
     run.add_argument("--out", type=Path, default=d.out)
     run.add_argument("--run-id", default=d.run_id)
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "run":
         settings = experiment.Settings(
-            runner=args.runner, locust=args.locust, out=args.out, modes=tuple(args.modes.split(",")),
+            runner=args.runner, tools=args.tools, locust=args.locust, out=args.out, modes=tuple(args.modes.split(",")),
             users=args.users, user_rps=args.user_rps, burst_seconds=args.burst_seconds,
             gap_seconds=args.gap_seconds, bursts=args.bursts, idle_period_ms=args.idle_period_ms,
             pre_idle_seconds=args.pre_idle_seconds, post_idle_seconds=args.post_idle_seconds,
@@ -100,32 +104,26 @@ def main(argv: list[str] | None = None) -> int:
         )
         try:
             experiment.run(settings)
-        except experiment.ExperimentError as e:
+        except (experiment.ExperimentError, ToolsError) as e:
             print(f"energy: {e}", file=sys.stderr)
             return 2
         path = local_report(args.out, settings.modes, args, settings)
         print(f"Report: {path}")
         return 0 if all_delivered(args.out, settings.modes) else 1
     if args.command == "report":
-        import json
-
         modes = tuple(args.modes.split(","))
-        saved = json.loads((args.out / modes[0] / "run.json").read_text())["settings"]
-        settings = experiment.Settings(**{k: v for k, v in saved.items() if k in experiment.Settings.__dataclass_fields__})
+        settings = experiment.Run.read(args.out / modes[0] / "run.json").settings
         print(f"Report: {local_report(args.out, modes, args, settings)}")
         return 0
     return k8s.main(args)
 
 
 def all_delivered(out: Path, modes) -> bool:
-    import json
-
     ok = True
     for m in modes:
-        c = json.loads((out / m / "run.json").read_text())["counts"]
-        if not (c["accepted"] == c["counted"] == c["archived"]):
-            print(f"energy: {m}: accepted {c['accepted']}, counted {c['counted']}, archived {c['archived']}",
-                  file=sys.stderr)
+        c = experiment.Run.read(out / m / "run.json").counts
+        if not c.delivered:
+            print(f"energy: {m}: accepted {c.accepted}, counted {c.counted}, archived {c.archived}", file=sys.stderr)
             ok = False
     return ok
 

@@ -18,8 +18,14 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from itertools import pairwise
 from pathlib import Path
+
+import numpy as np
+
+from .manifests import FUNCTIONS
 
 # Cloud Carbon Footprint's per-vCPU coefficients for GCP (median over its microarchitectures)
 # and GCP's PUE, from https://www.cloudcarbonfootprint.org/docs/methodology/ ("Energy
@@ -33,7 +39,6 @@ PUE = 1.1
 GRID_G_PER_KWH = 481.0
 GRID_SOURCE = "Ember, Global Electricity Review 2024: world average 2023 (https://ember-climate.org/insights/research/global-electricity-review-2024/)"
 
-FUNCTIONS = ("ingest", "producer", "counter", "archiver")
 INFRASTRUCTURE = ("runner", "kafka", "redis", "ferretdb", "jaeger")
 HARNESS = ("locust", "sampler")
 OTHER = "other"
@@ -100,16 +105,15 @@ def cpu_deltas(samples: list[dict]) -> list[Interval]:
     (at most one interval of an exiting function; the runner reaps it before we can read it).
     """
     intervals = []
-    for prev, cur in zip(samples, samples[1:]):
+    for prev, cur in pairwise(samples):
         pm, cm = prev["machine"], cur["machine"]
-        tck = cm.get("clk_tck", 100)
-        busy = max(0, cm["busy"] - pm["busy"]) / tck
-        capacity = max(0, cm["total"] - pm["total"]) / tck
-        before = {(p["pid"], p["start_ticks"]): p["cpu_s"] for p in prev["procs"]}
+        busy = max(0.0, cm["busy_s"] - pm["busy_s"])
+        capacity = max(0.0, cm["total_s"] - pm["total_s"])
+        before = {(p["pid"], p["started"]): p["cpu_s"] for p in prev["procs"]}
         cpu: dict[str, float] = {}
         processes: dict[str, int] = {f: 0 for f in FUNCTIONS}
         for p in cur["procs"]:
-            key = (p["pid"], p["start_ticks"])
+            key = (p["pid"], p["started"])
             used = p["cpu_s"] - before[key] if key in before else p["cpu_s"]
             cpu[p["component"]] = cpu.get(p["component"], 0.0) + max(0.0, used)
             if p["component"] in processes:
@@ -179,22 +183,38 @@ class Plan:
         return self.load_start + self.bursts * self.burst_seconds + max(0, self.bursts - 1) * self.gap_seconds
 
 
-def percentile(response_times: dict[float, int], q: float) -> float | None:
-    """The q-quantile of Locust's ``{ms: count}`` histogram."""
-    total = sum(response_times.values())
-    if total == 0:
+def percentile(values: Sequence[float], q: float, weights: Sequence[int] | None = None) -> float | None:
+    """The ``q``-quantile (0 ≤ q ≤ 1) of ``values``, each counted ``weights[i]`` times; ``None``
+    when there is nothing to count.
+
+    Definition: nearest rank — the smallest value that at least a fraction ``q`` of the
+    observations do not exceed (Hyndman & Fan's definition 1, numpy's ``inverted_cdf``), so it is
+    always an observed value, never an interpolation. The tools' percentiles
+    (``tools/src/state.rs``, ``tools/src/load.rs``) use the same definition.
+    """
+    if not values or (weights is not None and sum(weights) == 0):
         return None
-    rank = q * total
-    seen = 0
-    for ms in sorted(response_times):
-        seen += response_times[ms]
-        if seen >= rank:
-            return float(ms)
-    return float(max(response_times))
+    return float(np.quantile(values, q, method="inverted_cdf", weights=weights))
 
 
-def locust_stats(path: Path) -> dict:
-    """Accepted and failed requests and the latency histogram from Locust's ``--json-file``."""
+@dataclass(frozen=True)
+class LocustStats:
+    """Accepted and failed requests and the latency percentiles of one Locust run."""
+
+    requests: int
+    accepted: int
+    failed: int
+    p50_ms: float | None
+    p99_ms: float | None
+
+    @classmethod
+    def from_json(cls, data: dict) -> LocustStats:
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+def locust_stats(path: Path) -> LocustStats:
+    """From Locust's ``--json-file``: every endpoint together, percentiles from its
+    ``{ms: count}`` histogram."""
     entries = json.loads(Path(path).read_text())
     requests = sum(e["num_requests"] for e in entries)
     failures = sum(e["num_failures"] for e in entries)
@@ -202,11 +222,21 @@ def locust_stats(path: Path) -> dict:
     for e in entries:
         for ms, n in e["response_times"].items():
             hist[float(ms)] = hist.get(float(ms), 0) + n
-    return {"requests": requests, "accepted": requests - failures, "failed": failures,
-            "p50_ms": percentile(hist, 0.50), "p99_ms": percentile(hist, 0.99)}
+    ms, counts = list(hist), list(hist.values())
+    return LocustStats(requests=requests, accepted=requests - failures, failed=failures,
+                       p50_ms=percentile(ms, 0.50, counts), p99_ms=percentile(ms, 0.99, counts))
 
 
-def locust_history(path: Path) -> list[dict]:
+@dataclass(frozen=True)
+class LoadPoint:
+    """One row of Locust's history: users and requests/s at ``t`` (unix s, or s since the window's start)."""
+
+    t: float
+    users: int
+    rps: float
+
+
+def locust_history(path: Path) -> list[LoadPoint]:
     """Users and requests/s over time from Locust's ``--csv`` ``_stats_history.csv`` (aggregated rows)."""
     rows = []
     if not Path(path).exists():
@@ -215,15 +245,100 @@ def locust_history(path: Path) -> list[dict]:
         for row in csv.DictReader(f):
             if row.get("Name") != "Aggregated":
                 continue
-            rows.append({"t": float(row["Timestamp"]), "users": int(float(row["User Count"])),
-                         "rps": float(row["Requests/s"] or 0)})
+            rows.append(LoadPoint(t=float(row["Timestamp"]), users=int(float(row["User Count"])),
+                                  rps=float(row["Requests/s"] or 0)))
     return rows
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Where the accepted tweets ended up, once delivery was over (or had stopped moving)."""
+
+    accepted: int
+    counted: int
+    archived: int
+    # Records in Kafka's topic of tweets and in its dead-letter topic.
+    in_kafka: int | None = None
+    dead_lettered: int | None = None
+
+    @classmethod
+    def from_json(cls, data: dict) -> Counts:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+    @property
+    def delivered(self) -> bool:
+        """Every accepted tweet counted and archived, none twice."""
+        return self.accepted == self.counted == self.archived
 
 
 def read_events(path: Path) -> list[dict]:
     if not Path(path).exists():
         return []
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class Series:
+    """Per interval (``t`` = its end, s since the window's start): machine power, utilisation and
+    each component's power."""
+
+    t: list[float] = field(default_factory=list)
+    power_w: list[float] = field(default_factory=list)
+    utilisation: list[float] = field(default_factory=list)
+    component_w: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class ColdStarts:
+    count: int = 0
+    by_function: dict[str, int] = field(default_factory=dict)
+    # Request arrival → the function's response headers, per request that waited for a start.
+    latency_ms: list[float] = field(default_factory=list)
+    # When each happened, s since the window's start.
+    times_s: list[float] = field(default_factory=list)
+    # Exec → readiness of every process start.
+    ready_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
+class ModeFigures:
+    """One mode's figures over its window: what the report shows, and ``report.json`` holds."""
+
+    mode: str
+    energy_source: str
+    window_unix_s: tuple[float, float]
+    duration_s: float
+    ncpu: int | None
+    # Measured CPU seconds per component, and "machine (busy)".
+    cpu_s: dict[str, float]
+    energy_j: dict[str, float]
+    total_j: float
+    mean_power_w: float | None
+    co2e_g: float
+    idle_power_w: float | None
+    idle_component_w: dict[str, float]
+    idle_seconds: float | None
+    bursts_unix_s: list[tuple[float, float]]
+    series: Series
+    # "t" (s since the window's start) and, per function, its running processes (or pods).
+    processes: dict[str, list[float]]
+    function_process_seconds: dict[str, float]
+    load: list[LoadPoint]
+    cold_starts: ColdStarts
+    locust: LocustStats | None
+    tweets_per_s: float | None
+    counts: Counts | None
+    j_per_1000_tweets: float | None
+    pipeline_j: float
+    pipeline_j_per_1000_tweets: float | None
+    # The power model (None where energy is measured elsewhere, as by Kepler).
+    model: PowerModel | None
+    grid_g_per_kwh: float
+    # The local run's settings, as run.json saved them.
+    settings: dict | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
 def analyse_mode(
@@ -234,12 +349,12 @@ def analyse_mode(
     model: PowerModel,
     grid_g_per_kwh: float = GRID_G_PER_KWH,
     events: list[dict] | None = None,
-    locust: dict | None = None,
-    history: list[dict] | None = None,
-    counts: dict | None = None,
+    locust: LocustStats | None = None,
+    history: list[LoadPoint] | None = None,
+    counts: Counts | None = None,
     idle_settle_s: float = 0.0,
-) -> dict:
-    """One mode's figures over ``window`` (unix seconds): what the report shows, JSON-ready.
+) -> ModeFigures:
+    """One mode's figures over ``window`` (unix seconds).
 
     Idle power is the mean power over the window's intervals that overlap no burst (nor the
     ``idle_settle_s`` after one: in-flight deliveries and, in scale-to-zero, the idle period).
@@ -252,7 +367,7 @@ def analyse_mode(
     energy: dict[str, float] = {}
     idle_w_parts: dict[str, float] = {}
     idle_seconds = 0.0
-    series = {"t": [], "power_w": [], "utilisation": [], "component_w": {c: [] for c in COMPONENTS + (IDLE,)}}
+    series = Series(component_w={c: [] for c in (*COMPONENTS, IDLE)})
     busy_windows = [(b0, b1 + idle_settle_s) for b0, b1 in plan.bursts_at()]
     for iv in intervals:
         share = clip(iv, start, end)
@@ -266,60 +381,58 @@ def analyse_mode(
         cpu["machine (busy)"] = cpu.get("machine (busy)", 0.0) + iv.busy_s * share
         for c, j in parts.items():
             energy[c] = energy.get(c, 0.0) + j * share
-        series["t"].append(iv.t1 - start)
-        series["power_w"].append((idle_j + dyn_j) / iv.dt)
-        series["utilisation"].append(iv.utilisation)
-        for c in series["component_w"]:
-            series["component_w"][c].append(parts.get(c, 0.0) / iv.dt)
+        series.t.append(iv.t1 - start)
+        series.power_w.append((idle_j + dyn_j) / iv.dt)
+        series.utilisation.append(iv.utilisation)
+        for c, values in series.component_w.items():
+            values.append(parts.get(c, 0.0) / iv.dt)
         if share == 1.0 and not any(iv.t0 < b1 and iv.t1 > b0 for b0, b1 in busy_windows):
             idle_seconds += iv.dt
             for c, j in parts.items():
                 idle_w_parts[c] = idle_w_parts.get(c, 0.0) + j
     total_j = sum(energy.values())
-    processes = {"t": [s["t"] - start for s in samples if start <= s["t"] <= end]}
+    inside = [s for s in samples if start <= s["t"] <= end]
+    processes: dict[str, list[float]] = {"t": [s["t"] - start for s in inside]}
     for f in FUNCTIONS:
-        processes[f] = [sum(1 for p in s["procs"] if p["component"] == f) for s in samples if start <= s["t"] <= end]
+        processes[f] = [sum(1 for p in s["procs"] if p["component"] == f) for s in inside]
     cold = [e for e in events if e.get("event") == "cold_start" and start <= e["t_ms"] / 1000 <= end + 600]
     ready = [e for e in events if e.get("event") == "ready"]
-    accepted = (locust or {}).get("accepted")
+    accepted = locust.accepted if locust else None
     burst_s = plan.bursts * plan.burst_seconds
-    pipeline = FUNCTIONS + INFRASTRUCTURE
-    result = {
-        "mode": mode,
-        "energy_source": source,
-        "window_unix_s": [start, end],
-        "duration_s": end - start,
-        "ncpu": intervals[0].ncpu if intervals else None,
-        "cpu_s": cpu,
-        "energy_j": energy,
-        "total_j": total_j,
-        "mean_power_w": total_j / (end - start) if end > start else None,
-        "co2e_g": total_j / 3.6e6 * grid_g_per_kwh,
-        "idle_power_w": sum(idle_w_parts.values()) / idle_seconds if idle_seconds else None,
-        "idle_component_w": {c: j / idle_seconds for c, j in idle_w_parts.items()} if idle_seconds else {},
-        "idle_seconds": idle_seconds,
-        "bursts_unix_s": plan.bursts_at(),
-        "series": series,
-        "processes": processes,
-        "function_process_seconds": {
-            f: sum(v for v in processes[f]) * (samples[1]["t"] - samples[0]["t"] if len(samples) > 1 else 0)
-            for f in FUNCTIONS
-        },
-        "load": [{"t": h["t"] - start, "users": h["users"], "rps": h["rps"]} for h in history or []],
-        "cold_starts": {
-            "count": len(cold),
-            "by_function": {f: sum(1 for e in cold if e.get("function") == f) for f in FUNCTIONS},
-            "latency_ms": [e["latency_ms"] for e in cold if e.get("latency_ms") is not None],
-            "times_s": [e["t_ms"] / 1000 - start for e in cold],
-            "ready_ms": [e["ready_ms"] for e in ready if e.get("ready_ms") is not None],
-        },
-        "locust": locust or {},
-        "tweets_per_s": accepted / burst_s if accepted is not None and burst_s else None,
-        "counts": counts or {},
-        "j_per_1000_tweets": total_j / accepted * 1000 if accepted else None,
-        "pipeline_j": sum(energy.get(c, 0.0) for c in pipeline),
-        "pipeline_j_per_1000_tweets": sum(energy.get(c, 0.0) for c in pipeline) / accepted * 1000 if accepted else None,
-        "model": asdict(model),
-        "grid_g_per_kwh": grid_g_per_kwh,
-    }
-    return result
+    pipeline_j = sum(energy.get(c, 0.0) for c in FUNCTIONS + INFRASTRUCTURE)
+    step = samples[1]["t"] - samples[0]["t"] if len(samples) > 1 else 0
+    return ModeFigures(
+        mode=mode,
+        energy_source=source,
+        window_unix_s=(start, end),
+        duration_s=end - start,
+        ncpu=intervals[0].ncpu if intervals else None,
+        cpu_s=cpu,
+        energy_j=energy,
+        total_j=total_j,
+        mean_power_w=total_j / (end - start) if end > start else None,
+        co2e_g=total_j / 3.6e6 * grid_g_per_kwh,
+        idle_power_w=sum(idle_w_parts.values()) / idle_seconds if idle_seconds else None,
+        idle_component_w={c: j / idle_seconds for c, j in idle_w_parts.items()} if idle_seconds else {},
+        idle_seconds=idle_seconds,
+        bursts_unix_s=plan.bursts_at(),
+        series=series,
+        processes=processes,
+        function_process_seconds={f: sum(processes[f]) * step for f in FUNCTIONS},
+        load=[LoadPoint(h.t - start, h.users, h.rps) for h in history or []],
+        cold_starts=ColdStarts(
+            count=len(cold),
+            by_function={f: sum(1 for e in cold if e.get("function") == f) for f in FUNCTIONS},
+            latency_ms=[e["latency_ms"] for e in cold if e.get("latency_ms") is not None],
+            times_s=[e["t_ms"] / 1000 - start for e in cold],
+            ready_ms=[e["ready_ms"] for e in ready if e.get("ready_ms") is not None],
+        ),
+        locust=locust,
+        tweets_per_s=accepted / burst_s if accepted is not None and burst_s else None,
+        counts=counts,
+        j_per_1000_tweets=total_j / accepted * 1000 if accepted else None,
+        pipeline_j=pipeline_j,
+        pipeline_j_per_1000_tweets=pipeline_j / accepted * 1000 if accepted else None,
+        model=model,
+        grid_g_per_kwh=grid_g_per_kwh,
+    )

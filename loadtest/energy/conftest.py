@@ -1,10 +1,8 @@
 """The end-to-end experiment (marker ``experiment``) runs only when selected: ``-m experiment``.
 
-It needs the running stack and a built runner and takes about three minutes, so a plain
+It needs the running stack and the built runner and tools, and takes about three minutes, so a plain
 ``pytest loadtest`` leaves it out.
 """
-
-import pytest
 
 
 def pytest_configure(config):

@@ -24,9 +24,13 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 
 from . import accounting, report
+from .accounting import ColdStarts, Counts, LoadPoint, LocustStats, ModeFigures, Plan, Series
+from .tools import LoadShape, Tools
 
 NAMESPACES = ("weather", "knative-serving", "knative-eventing", "kafka", "kepler")
 FUNCTIONS_NAMESPACE = "weather"
@@ -71,7 +75,7 @@ def queries(duration_s: float, zone: str = "package", rate_window: str = "1m",
             namespaces=NAMESPACES, functions_namespace: str = FUNCTIONS_NAMESPACE) -> dict[str, tuple[str, str]]:
     """``{name: (kind, PromQL)}``; kind is ``instant`` (at the window's end) or ``range``."""
     ns = "|".join(namespaces)
-    d = f"{int(round(duration_s))}s"
+    d = f"{round(duration_s)}s"
     pods = f'kepler_pod_cpu_joules_total{{pod_namespace=~"{ns}",zone="{zone}"}}'
     node = f'kepler_node_cpu_joules_total{{zone="{zone}"}}'
     node_idle = f'kepler_node_cpu_idle_joules_total{{zone="{zone}"}}'
@@ -81,7 +85,8 @@ def queries(duration_s: float, zone: str = "package", rate_window: str = "1m",
         "node_idle_energy": ("instant", f"sum(increase({node_idle}[{d}]))"),
         "pod_power": ("range", f"sum by (pod_namespace) (rate({pods}[{rate_window}]))"),
         "node_power": ("range", f"sum(rate({node}[{rate_window}]))"),
-        "replicas": ("range", f'sum by (kn_service_name) (kn_revision_pods_count{{k8s_namespace_name="{functions_namespace}"}})'),
+        "replicas": ("range", ("sum by (kn_service_name) "
+                               f'(kn_revision_pods_count{{k8s_namespace_name="{functions_namespace}"}})')),
     }
 
 
@@ -108,16 +113,17 @@ def _matrix(answer: dict, label: str | None) -> dict[str, list[tuple[float, floa
             for r in answer["data"]["result"]}
 
 
-def analyse_mode(mode: str, answers: dict[str, dict], window: tuple[float, float], plan: accounting.Plan,
-                 grid_g_per_kwh: float = accounting.GRID_G_PER_KWH, locust: dict | None = None,
-                 history: list[dict] | None = None, counts: dict | None = None, pue: float = 1.0,
-                 idle_settle_s: float = 0.0) -> dict:
+def analyse_mode(mode: str, answers: dict[str, dict], window: tuple[float, float], plan: Plan,
+                 grid_g_per_kwh: float = accounting.GRID_G_PER_KWH, locust: LocustStats | None = None,
+                 history: list[LoadPoint] | None = None, counts: Counts | None = None, pue: float = 1.0,
+                 idle_settle_s: float = 0.0) -> ModeFigures:
     """The same figures as ``accounting.analyse_mode``, from Kepler and Knative through Prometheus.
 
     Energy per namespace is Kepler's pod joules (the dynamic part, as Kepler attributes it);
     ``idle (machine)`` is the node's idle joules; ``other`` is the node's remaining active
     joules (pods of other namespaces, system). ``pue`` multiplies everything (1 by default:
-    Kepler reports the node, not the facility). CPU seconds are not in Kepler's metrics.
+    Kepler reports the node, not the facility; the energy source names any other). CPU seconds
+    are not in Kepler's metrics.
     """
     start, end = window
     pods = {ns: j * pue for ns, j in _by(answers["pod_energy"], "pod_namespace").items()}
@@ -130,8 +136,8 @@ def analyse_mode(mode: str, answers: dict[str, dict], window: tuple[float, float
 
     node_power = _matrix(answers["node_power"], None).get("", [])
     pod_power = _matrix(answers["pod_power"], "pod_namespace")
-    series = {"t": [t - start for t, _ in node_power], "power_w": [w * pue for _, w in node_power],
-              "utilisation": [], "component_w": {ns: [w * pue for _, w in v] for ns, v in pod_power.items()}}
+    series = Series(t=[t - start for t, _ in node_power], power_w=[w * pue for _, w in node_power],
+                    component_w={ns: [w * pue for _, w in v] for ns, v in pod_power.items()})
     busy = [(b0, b1 + idle_settle_s) for b0, b1 in plan.bursts_at()]
     idle_points = [w * pue for t, w in node_power if not any(b0 <= t <= b1 for b0, b1 in busy)]
     idle_ns: dict[str, float] = {}
@@ -147,48 +153,73 @@ def analyse_mode(mode: str, answers: dict[str, dict], window: tuple[float, float
     for svc, v in sorted(replicas.items()):
         at = dict(v)
         processes[svc] = [at.get(t, 0.0) for t in times]
-        for (t0, n0), (t1, n1) in zip(v, v[1:]):
+        for (_, n0), (t1, n1) in pairwise(v):
             if n0 == 0 and n1 > 0:
                 cold.append((svc, t1))
-    accepted = (locust or {}).get("accepted")
+    accepted = locust.accepted if locust else None
     burst_s = plan.bursts * plan.burst_seconds
     step = times[1] - times[0] if len(times) > 1 else 0
     pipeline = sum(j for ns, j in pods.items() if ns in ("weather", "knative-eventing", "kafka"))
-    return {
-        "mode": mode,
-        "energy_source": "Kepler (kepler_pod_cpu_joules_total, kepler_node_cpu_joules_total via Prometheus)",
-        "window_unix_s": [start, end],
-        "duration_s": end - start,
-        "ncpu": None,
-        "cpu_s": {},
-        "energy_j": energy,
-        "total_j": total,
-        "mean_power_w": total / (end - start) if end > start else None,
-        "co2e_g": total / 3.6e6 * grid_g_per_kwh,
-        "idle_power_w": sum(idle_points) / len(idle_points) if idle_points else None,
-        "idle_component_w": idle_ns,
-        "idle_seconds": None,
-        "bursts_unix_s": plan.bursts_at(),
-        "series": series,
-        "processes": processes,
-        "function_process_seconds": {svc: sum(v) * step for svc, v in processes.items() if svc != "t"},
-        "load": [{"t": h["t"] - start, "users": h["users"], "rps": h["rps"]} for h in history or []],
-        "cold_starts": {
-            "count": len(cold),
-            "by_function": {svc: sum(1 for s, _ in cold if s == svc) for svc in replicas},
-            "latency_ms": [],
-            "times_s": [t - start for _, t in cold],
-            "ready_ms": [],
-        },
-        "locust": locust or {},
-        "tweets_per_s": accepted / burst_s if accepted is not None and burst_s else None,
-        "counts": counts or {},
-        "j_per_1000_tweets": total / accepted * 1000 if accepted else None,
-        "pipeline_j": pipeline,
-        "pipeline_j_per_1000_tweets": pipeline / accepted * 1000 if accepted else None,
-        "model": {"idle_w": None, "max_w": None, "pue": pue},
-        "grid_g_per_kwh": grid_g_per_kwh,
-    }
+    source = "Kepler (kepler_pod_cpu_joules_total, kepler_node_cpu_joules_total via Prometheus)"
+    return ModeFigures(
+        mode=mode,
+        energy_source=source if pue == 1.0 else f"{source} × PUE {pue}",
+        window_unix_s=(start, end),
+        duration_s=end - start,
+        ncpu=None,
+        cpu_s={},
+        energy_j=energy,
+        total_j=total,
+        mean_power_w=total / (end - start) if end > start else None,
+        co2e_g=total / 3.6e6 * grid_g_per_kwh,
+        idle_power_w=sum(idle_points) / len(idle_points) if idle_points else None,
+        idle_component_w=idle_ns,
+        idle_seconds=None,
+        bursts_unix_s=plan.bursts_at(),
+        series=series,
+        processes=processes,
+        function_process_seconds={svc: sum(v) * step for svc, v in processes.items() if svc != "t"},
+        load=[LoadPoint(h.t - start, h.users, h.rps) for h in history or []],
+        cold_starts=ColdStarts(
+            count=len(cold),
+            by_function={svc: sum(1 for s, _ in cold if s == svc) for svc in replicas},
+            times_s=[t - start for _, t in cold],
+        ),
+        locust=locust,
+        tweets_per_s=accepted / burst_s if accepted is not None and burst_s else None,
+        counts=counts,
+        j_per_1000_tweets=total / accepted * 1000 if accepted else None,
+        pipeline_j=pipeline,
+        pipeline_j_per_1000_tweets=pipeline / accepted * 1000 if accepted else None,
+        model=None,
+        grid_g_per_kwh=grid_g_per_kwh,
+    )
+
+
+@dataclass
+class Run:
+    """One mode's ``run.json`` on Kubernetes: what was run, and the queries asked."""
+
+    mode: str
+    plan: Plan
+    window: tuple[float, float]
+    locust: LocustStats
+    url: str = ""
+    queries: dict | None = None
+    # Where the tweets ended up, when known (not read from the cluster yet).
+    counts: Counts | None = None
+
+    def to_json(self) -> dict:
+        return {"mode": self.mode, "plan": asdict(self.plan), "window": list(self.window), "url": self.url,
+                "locust": asdict(self.locust), "queries": self.queries,
+                "counts": asdict(self.counts) if self.counts else None}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Run:
+        return cls(mode=data["mode"], plan=Plan(**data["plan"]), window=tuple(data["window"]),
+                   locust=LocustStats.from_json(data["locust"]), url=data.get("url", ""),
+                   queries=data.get("queries"),
+                   counts=Counts.from_json(data["counts"]) if data.get("counts") else None)
 
 
 def kubectl(*args: str) -> str:
@@ -206,47 +237,39 @@ def run_mode(args, mode: str) -> Path:
     # Long enough for scale-to-zero to reach zero (stable window 60 s + retention) before the load.
     time.sleep(args.pre_idle_seconds)
     spawned = time.time()
-    code = subprocess.run([
-        str(args.locust), "-f", "loadtest/locustfile.py", "--headless", "--host", url,
-        "--json-file", str(out / "locust"), "--csv", str(out / "locust"),
-        "--burst-users", str(args.users), "--burst-spawn-rate", str(args.users),
-        "--burst-seconds", str(args.burst_seconds), "--gap-seconds", str(args.gap_seconds),
-        "--bursts", str(args.bursts), "--user-rps", str(args.user_rps), "--stop-timeout", "10", "--only-summary",
-    ], stdin=subprocess.DEVNULL).returncode
-    if code not in (0, 1):
-        raise RuntimeError(f"locust failed with exit code {code}")
+    shape = LoadShape(args.users, args.user_rps, args.burst_seconds, args.gap_seconds, args.bursts)
+    Tools(args.tools).load(url, out, shape, args.locust, Path("loadtest/locustfile.py")).wait()
     history = accounting.locust_history(out / "locust_stats_history.csv")
-    started = [h["t"] for h in history if h["users"] > 0]
-    plan = accounting.Plan(max(spawned, started[0] - 1) if started else spawned, args.bursts,
-                           args.burst_seconds, args.gap_seconds)
+    started = [h.t for h in history if h.users > 0]
+    plan = Plan(max(spawned, started[0] - 1) if started else spawned, args.bursts, args.burst_seconds,
+                args.gap_seconds)
     window = (plan.load_start - args.pre_idle_seconds, plan.load_end + args.post_idle_seconds)
     # Prometheus needs a scrape or two after the window's end.
     time.sleep(max(0.0, window[1] - time.time()) + 2 * args.step_seconds)
     answers = collect(Prometheus(args.prometheus), window, args.step_seconds, zone=args.zone)
     for name, answer in answers.items():
         (out / "prometheus" / f"{name}.json").write_text(json.dumps(answer))
-    run = {"mode": mode, "plan": plan.__dict__, "window": window, "url": url,
-           "locust": accounting.locust_stats(out / "locust.json"), "queries": queries(window[1] - window[0], zone=args.zone)}
-    (out / "run.json").write_text(json.dumps(run, indent=2))
+    run = Run(mode, plan, window, accounting.locust_stats(out / "locust.json"), url,
+              queries(window[1] - window[0], zone=args.zone))
+    (out / "run.json").write_text(json.dumps(run.to_json(), indent=2))
     return out
 
 
-def analyse_folder(folder: Path, grid_g_per_kwh: float, pue: float = 1.0, idle_settle_s: float = 0.0) -> dict:
+def analyse_folder(folder: Path, grid_g_per_kwh: float, pue: float = 1.0, idle_settle_s: float = 0.0) -> ModeFigures:
     """A mode's figures from what ``run_mode`` saved (or from recorded answers in the same layout)."""
-    run = json.loads((folder / "run.json").read_text())
+    run = Run.from_json(json.loads((folder / "run.json").read_text()))
     answers = {p.stem: json.loads(p.read_text()) for p in (folder / "prometheus").glob("*.json")}
-    return analyse_mode(run["mode"], answers, tuple(run["window"]), accounting.Plan(**run["plan"]),
-                        grid_g_per_kwh, locust=run.get("locust"),
+    return analyse_mode(run.mode, answers, run.window, run.plan, grid_g_per_kwh, locust=run.locust,
                         history=accounting.locust_history(folder / "locust_stats_history.csv"),
-                        counts=run.get("counts"), pue=pue, idle_settle_s=idle_settle_s)
+                        counts=run.counts, pue=pue, idle_settle_s=idle_settle_s)
 
 
 def write_report(out: Path, modes, grid_g_per_kwh: float, grid_source: str, pue: float = 1.0,
                  shape: str = "") -> Path:
     results = [analyse_folder(out / m, grid_g_per_kwh, pue) for m in modes]
-    context = {"where": "Kubernetes with Knative, Kepler and Prometheus (`python -m loadtest.energy k8s`); "
-                        "components are namespaces: " + ", ".join(NAMESPACES) + ".",
-               "shape": shape, "grid_source": grid_source}
+    context = report.Context(where="Kubernetes with Knative, Kepler and Prometheus (`python -m loadtest.energy k8s`); "
+                                   "components are namespaces: " + ", ".join(NAMESPACES) + ".",
+                             shape=shape, grid_source=grid_source)
     return report.write(results, out, context, unit="pods")
 
 
@@ -254,7 +277,7 @@ def add_parser(sub) -> None:
     from .__main__ import add_shape_options
 
     p = sub.add_parser("k8s", help="the experiment on Kubernetes, reading Kepler through Prometheus")
-    defaults = argparse.Namespace(users=50, user_rps=10.0, burst_seconds=60.0, gap_seconds=180.0, bursts=3,
+    defaults = argparse.Namespace(users=50, user_rps=10.0, burst_seconds=60, gap_seconds=180, bursts=3,
                                   pre_idle_seconds=180.0, post_idle_seconds=180.0)
     add_shape_options(p, defaults)
     p.add_argument("--prometheus", default="http://127.0.0.1:9090", help="Prometheus' URL (e.g. a port-forward)")
@@ -262,6 +285,8 @@ def add_parser(sub) -> None:
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--zone", default="package", help="Kepler's RAPL zone to count (one, not summed)")
     p.add_argument("--step-seconds", type=float, default=15, help="query_range step (≥ the scrape interval)")
+    p.add_argument("--tools", type=Path, default=Path("target/release/tools"),
+                   help="the tools binary, whose `tools load` drives Locust")
     p.add_argument("--locust", type=Path, default=Path(".stack/venv/bin/locust"))
     p.add_argument("--out", type=Path, default=Path("target/energy/k8s"))
     p.add_argument("--report-only", action="store_true", help="only rewrite the report from saved answers")

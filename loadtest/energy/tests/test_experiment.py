@@ -1,6 +1,7 @@
 """End to end: a short experiment in both modes on the real local stack (select with
-``-m experiment``; the stack must be up and the runner built — ``ENERGY_RUNNER``, default
-``target/debug/runner``). Two 10 s bursts with 20 s gaps and a 5 s idle period."""
+``-m experiment``; the stack must be up and the binaries built — ``ENERGY_RUNNER`` and
+``ENERGY_TOOLS``, default ``target/debug/runner`` and ``target/debug/tools``). Two 10 s bursts
+with 20 s gaps and a 5 s idle period."""
 
 import json
 import os
@@ -8,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from .. import accounting, experiment
 from ..__main__ import main
+from ..manifests import FUNCTIONS
 
 ROOT = Path(__file__).parents[3]
 
@@ -18,10 +19,12 @@ ROOT = Path(__file__).parents[3]
 def test_short_experiment(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     runner = Path(os.environ.get("ENERGY_RUNNER", "target/debug/runner"))
-    # Not a skip: without the runner's modes this test must fail, and say why.
-    experiment.require_modes(runner)
+    tools = Path(os.environ.get("ENERGY_TOOLS", "target/debug/tools"))
+    # Not a skip: without the binaries this test must fail, and say why.
+    for binary in (runner, tools):
+        assert binary.exists(), f"{binary} is missing: cargo build --workspace --bins"
     out = tmp_path / "energy"
-    code = main(["run", "--runner", str(runner), "--out", str(out), "--run-id", "energy-test",
+    code = main(["run", "--runner", str(runner), "--tools", str(tools), "--out", str(out), "--run-id", "energy-test",
                  "--base-port", "18280", "--users", "5", "--user-rps", "10", "--bursts", "2",
                  "--burst-seconds", "10", "--gap-seconds", "20", "--idle-period-ms", "5000",
                  "--pre-idle-seconds", "8", "--post-idle-seconds", "15"])
@@ -32,6 +35,7 @@ def test_short_experiment(tmp_path, monkeypatch):
     for mode, r in figures.items():
         c = r["counts"]
         assert c["accepted"] > 0 and c["accepted"] == c["counted"] == c["archived"], (mode, c)
+        assert c["dead_lettered"] == 0 and c["in_kafka"] == c["accepted"], (mode, c)
     assert code == 0
 
     s2z, always = figures["scale-to-zero"], figures["always-on"]
@@ -40,7 +44,7 @@ def test_short_experiment(tmp_path, monkeypatch):
     gaps = [(b1 + 5 + 3, b1 + 20) for (_, b1) in s2z["bursts_unix_s"][:-1]]
     gaps.append((s2z["bursts_unix_s"][-1][1] + 5 + 3, s2z["window_unix_s"][1]))
     p = s2z["processes"]
-    in_gaps = [sum(p[f][i] for f in accounting.FUNCTIONS) for i, t in enumerate(p["t"])
+    in_gaps = [sum(p[f][i] for f in FUNCTIONS) for i, t in enumerate(p["t"])
                if any(g0 <= t + start <= g1 for g0, g1 in gaps)]
     assert in_gaps, "no sample fell in a gap"
     assert sum(1 for n in in_gaps if n == 0) >= 0.8 * len(in_gaps), in_gaps
@@ -50,5 +54,5 @@ def test_short_experiment(tmp_path, monkeypatch):
     for b0, _ in s2z["bursts_unix_s"]:
         assert any(b0 - 2 <= t + start <= b0 + 10 for t in cold["times_s"]), (b0, cold["times_s"])
     assert always["cold_starts"]["count"] == 0
-    assert all(sum(always["processes"][f][i] for f in accounting.FUNCTIONS) == 4
+    assert all(sum(always["processes"][f][i] for f in FUNCTIONS) == len(FUNCTIONS)
                for i in range(len(always["processes"]["t"])))

@@ -8,6 +8,7 @@ import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -28,19 +29,19 @@ def test_every_queried_metric_is_listed_in_grafana_metrics_yaml():
 
 def test_queries_select_the_namespaces_and_one_zone():
     q = k8s.queries(600, zone="package")
-    assert q["pod_energy"] == ("instant", 'sum by (pod_namespace) (increase(kepler_pod_cpu_joules_total'
-                               '{pod_namespace=~"weather|knative-serving|knative-eventing|kafka|kepler",'
-                               'zone="package"}[600s]))')
+    assert q["pod_energy"] == ("instant", ('sum by (pod_namespace) (increase(kepler_pod_cpu_joules_total'
+                                           '{pod_namespace=~"weather|knative-serving|knative-eventing|kafka|kepler",'
+                                           'zone="package"}[600s]))'))
     assert q["replicas"][1] == 'sum by (kn_service_name) (kn_revision_pods_count{k8s_namespace_name="weather"})'
 
 
 class FakePrometheus(BaseHTTPRequestHandler):
     """Answers each known query with the recorded answer of the mode being served."""
 
-    answers: dict = {}
-    seen: list = []
+    answers: ClassVar[dict] = {}
+    seen: ClassVar[list] = []
 
-    def do_GET(self):  # noqa: N802 (http.server's name)
+    def do_GET(self):
         url = urllib.parse.urlparse(self.path)
         params = dict(urllib.parse.parse_qsl(url.query))
         FakePrometheus.seen.append((url.path, params))
@@ -86,19 +87,22 @@ def test_collect_uses_query_and_query_range_and_returns_the_answers(prometheus):
 
 def test_analysis_of_recorded_answers():
     r = k8s.analyse_folder(FIXTURES / "scale-to-zero", grid_g_per_kwh=400)
-    assert r["energy_j"]["weather"] == 900.0
-    assert r["energy_j"][accounting.IDLE] == 5000.0
+    assert r.energy_j["weather"] == 900.0
+    assert r.energy_j[accounting.IDLE] == 5000.0
     # 9000 node − 5000 idle − 3150 in the five namespaces.
-    assert r["energy_j"][accounting.OTHER] == pytest.approx(850.0)
-    assert r["total_j"] == pytest.approx(9000.0)
-    assert r["co2e_g"] == pytest.approx(9000 / 3.6e6 * 400)
+    assert r.energy_j[accounting.OTHER] == pytest.approx(850.0)
+    assert r.total_j == pytest.approx(9000.0)
+    assert r.co2e_g == pytest.approx(9000 / 3.6e6 * 400)
     # Two bursts, each followed by a scale from zero of every service.
-    assert r["cold_starts"]["by_function"] == {"archiver": 2, "counter": 2, "ingest": 2, "producer": 2}
-    assert max(r["processes"]["ingest"]) == 1 and min(r["processes"]["ingest"]) == 0
-    assert r["idle_power_w"] == pytest.approx(12.0)
-    assert r["j_per_1000_tweets"] == pytest.approx(150.0)
+    assert r.cold_starts.by_function == {"archiver": 2, "counter": 2, "ingest": 2, "producer": 2}
+    assert max(r.processes["ingest"]) == 1 and min(r.processes["ingest"]) == 0
+    assert r.idle_power_w == pytest.approx(12.0)
+    assert r.j_per_1000_tweets == pytest.approx(150.0)
+    assert r.energy_source.startswith("Kepler") and "PUE" not in r.energy_source
     always = k8s.analyse_folder(FIXTURES / "always-on", grid_g_per_kwh=400)
-    assert always["cold_starts"]["count"] == 0 and min(always["processes"]["ingest"]) == 1
+    assert always.cold_starts.count == 0 and min(always.processes["ingest"]) == 1
+    doubled = k8s.analyse_folder(FIXTURES / "scale-to-zero", grid_g_per_kwh=400, pue=2.0)
+    assert doubled.total_j == pytest.approx(18000.0) and doubled.energy_source.endswith("× PUE 2.0")
 
 
 def test_report_from_recorded_answers(tmp_path):
