@@ -46,7 +46,8 @@ def main(paths: list[str]) -> None:
     for path in paths:
         with open(path) as f:
             for doc in yaml.safe_load_all(f):
-                if doc and doc.get("kind") == "Service" and doc.get("apiVersion", "").startswith("serving.knative.dev/"):
+                knative = doc and doc.get("apiVersion", "").startswith("serving.knative.dev/")
+                if knative and doc.get("kind") == "Service":
                     out.append(pod_template(doc))
     yaml.safe_dump_all(out, sys.stdout, sort_keys=False)
 

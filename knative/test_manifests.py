@@ -122,13 +122,15 @@ def test_credentials_come_from_the_secret(name):
         assert env[var]["valueFrom"]["secretKeyRef"] == {"name": "weather-credentials", "key": var}
         assert "value" not in env[var]
     for var, e in env.items():
-        assert "://" not in e.get("value", "") or "@" not in e.get("value", ""), f"{var} looks like a URL with credentials"
+        value = e.get("value", "")
+        assert "://" not in value or "@" not in value, f"{var} looks like a URL with credentials"
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_service_shape(name):
     svc, c = service(name), container(name)
-    assert svc["metadata"] == {"name": name, "namespace": "weather", **({"labels": svc["metadata"]["labels"]} if name != "ingest" else {})}
+    labels = {"labels": svc["metadata"]["labels"]} if name != "ingest" else {}
+    assert svc["metadata"] == {"name": name, "namespace": "weather", **labels}
     visibility = svc["metadata"].get("labels", {}).get("networking.knative.dev/visibility")
     assert visibility == (None if name == "ingest" else "cluster-local")
     assert c["image"] == IMAGE.format(name)
@@ -164,7 +166,8 @@ def test_kafka_settings_agree_with_strimzi_and_the_sources():
     topics = {d["metadata"]["name"]: d for d in docs(ROOT / "strimzi" / "topics.yaml")}
     bootstrap = f"{kafka['metadata']['name']}-kafka-bootstrap.{kafka['metadata']['namespace']}:9092"
     assert service_env("producer")["KAFKA_BROKERS"]["value"] == bootstrap
-    assert service_env("producer")["KAFKA_TOPIC"]["value"] == service_env("counter")["KAFKA_TOPIC"]["value"] == "messages"
+    topics = [service_env(s)["KAFKA_TOPIC"]["value"] for s in ("producer", "counter")]
+    assert topics == ["messages", "messages"]
     assert topics["messages"]["spec"]["partitions"] >= 3
     for path in BASE.glob("*.yaml"):
         for d in docs(path):
@@ -395,8 +398,12 @@ BROKEN = {
     "port 8O12": _set(["spec", "ingress", 0, "ports", 0, "port"], "8O12"),
     "protocol TPC": _set(["spec", "ingress", 0, "ports", 0, "protocol"], "TPC"),
     "label app: activtor": _set(["spec", "ingress", 0, "from", 1, "podSelector", "matchLabels", "app"], "activtor"),
-    "namespace knative-servng": _set(["spec", "ingress", 0, "from", 1, "namespaceSelector", "matchLabels", NAMESPACE_LABEL], "knative-servng"),
-    "a whole namespace": _set(["spec", "ingress", 0, "from", 1], {"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: "knative-serving"}}}),
+    "namespace knative-servng": _set(
+        ["spec", "ingress", 0, "from", 1, "namespaceSelector", "matchLabels", NAMESPACE_LABEL], "knative-servng"
+    ),
+    "a whole namespace": _set(
+        ["spec", "ingress", 0, "from", 1], {"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: "knative-serving"}}}
+    ),
     "an ipBlock": _set(["spec", "ingress", 0, "from", 1], {"ipBlock": {"cidr": "0.0.0.0/0"}}),
 }
 
@@ -498,7 +505,9 @@ def test_the_activator_admits_only_the_gateway_and_the_autoscaler():
 
 def test_the_policies_are_deployed_with_the_functions():
     for folder in (BASE, CLUSTER):
-        on_disk = {d["metadata"]["name"] for p in folder.glob("*.yaml") for d in docs(p) if d["kind"] == "NetworkPolicy"}
+        on_disk = {
+            d["metadata"]["name"] for p in folder.glob("*.yaml") for d in docs(p) if d["kind"] == "NetworkPolicy"
+        }
         assert set(policies(folder)) == on_disk, f"{folder} has a NetworkPolicy its kustomization leaves out"
     # The kn path applies the base's policies before its first Service.
     text = (ROOT / "knative" / "deploy-kn.sh").read_text()
