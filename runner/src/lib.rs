@@ -205,10 +205,10 @@ pub struct Options {
     /// starts a function on its first request (held until ready) and stops it when idle.
     #[arg(long, env = "RUNNER_MODE", value_enum, default_value_t = Mode::AlwaysOn)]
     pub mode: Mode,
-    /// Folder of the Knative overlays; the mode's `<mode>/kustomization.yaml` gives min-scale
-    /// and the scale-to-zero retention period.
-    #[arg(long, env = "RUNNER_OVERLAYS", default_value = "knative/overlays")]
-    pub overlays: PathBuf,
+    /// Folder of the Knative overlays (default: `overlays` beside the manifests' folder); the
+    /// mode's `<mode>/kustomization.yaml` gives min-scale and the scale-to-zero retention period.
+    #[arg(long, env = "RUNNER_OVERLAYS")]
+    pub overlays: Option<PathBuf>,
     /// Idle period before a function is stopped in scale-to-zero mode, in milliseconds;
     /// overrides the overlay's scale-to-zero-pod-retention-period.
     #[arg(long, env = "RUNNER_IDLE_PERIOD_MS")]
@@ -251,7 +251,8 @@ pub struct Runner {
 /// The idle period of `options`' mode, from its overlay (or `--idle-period-ms`); `None` when the
 /// overlay keeps every function running. Fails when the overlay does not match the mode's name.
 pub fn idle_period(options: &Options) -> anyhow::Result<Option<Duration>> {
-    let path = options.overlays.join(options.mode.to_string()).join("kustomization.yaml");
+    let overlays = options.overlays.clone().unwrap_or_else(|| options.stack.manifests.join("../overlays"));
+    let path = overlays.join(options.mode.to_string()).join("kustomization.yaml");
     let scaling = manifests::scaling(&path)?;
     match (options.mode, scaling.min_scale) {
         (Mode::AlwaysOn, 0) => bail!("{} sets min-scale 0, which is not always-on", path.display()),

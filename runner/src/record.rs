@@ -33,13 +33,13 @@ fn wrap(message: &impl Message, namespace: &str, name: &str) -> Event {
         builder = builder.time(time);
     }
     if let Some(key) = message.key().filter(|k| !k.is_empty()) {
-        let key = String::from_utf8_lossy(key).into_owned();
+        let key = header_safe(&String::from_utf8_lossy(key));
         builder = builder.extension("partitionkey", key.clone()).extension("key", key);
     }
     let mut content_type = None;
     if let Some(headers) = message.headers() {
         for header in headers.iter() {
-            let value = String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned();
+            let value = header_safe(&String::from_utf8_lossy(header.value.unwrap_or_default()));
             if header.key.eq_ignore_ascii_case("content-type") {
                 content_type = Some(value.to_lowercase());
             } else {
@@ -53,6 +53,22 @@ fn wrap(message: &impl Message, namespace: &str, name: &str) -> Event {
         event.set_data_unchecked(value.to_vec());
     }
     event
+}
+
+/// An extension value as the CloudEvents HTTP binding (1.0.2, §3.1.3.2) carries it in a
+/// `ce-` header: every byte outside printable ASCII, and space, `"` and `%`, percent-encoded.
+/// Knative's Java SDK encodes so; without it a record keyed `Perú` would reach the sink with a
+/// header that is not valid HTTP and be refused as "not a CloudEvent".
+fn header_safe(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if (0x21..=0x7e).contains(&byte) && byte != b'"' && byte != b'%' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// Knative keeps only `[a-z0-9]` of a lower-cased header name.
@@ -117,6 +133,19 @@ mod tests {
         assert!(e.extension("key").is_none());
         assert!(e.extension("traceparent").is_some());
         assert_eq!(e.extension(OFFSET_EXTENSION), Some(&ExtensionValue::Integer(41)));
+    }
+
+    #[test]
+    fn values_outside_printable_ascii_are_percent_encoded() {
+        let headers =
+            OwnedHeaders::new().insert(Header { key: "lugar", value: Some("Ciudad de México 100%") });
+        let r = record(Some("Perú".as_bytes()), br#"{"texto":"sol","pais":"Chile"}"#, headers);
+        let e = to_event(&r, "weather", "counter");
+        assert_eq!(e.extension("key").map(|v| v.to_string()).as_deref(), Some("Per%C3%BA"));
+        assert_eq!(
+            e.extension("kafkaheaderlugar").map(|v| v.to_string()).as_deref(),
+            Some("Ciudad%20de%20M%C3%A9xico%20100%25")
+        );
     }
 
     #[test]

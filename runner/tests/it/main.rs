@@ -41,7 +41,7 @@ fn options() -> Options {
         deliveries: 1,
         no_sources: false,
         mode: runner::Mode::AlwaysOn,
-        overlays: root.join("knative/overlays"),
+        overlays: None,
         idle_period_ms: None,
         events: None,
         backoff_delay_ms: None,

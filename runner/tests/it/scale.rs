@@ -25,17 +25,32 @@ fn mode_options(mode: Mode) -> Options {
 /// runner believes): one of our binaries with this run's topic in its environment.
 fn our_processes(options: &Options) -> Vec<(u32, String)> {
     let bin_dir = options.bin_dir.clone().unwrap();
-    let topic = format!("KAFKA_TOPIC={}", options.stack.topic("messages"));
-    let names = names(options);
+    // A process of ours has its function's manifest environment, made local for this run (whose
+    // ports and names are the test's own).
+    let services = options.stack.services().unwrap();
+    let url_of = |name: &str| {
+        let index = services.iter().position(|s| s.name == name)?;
+        Some(format!("http://127.0.0.1:{}", options.base_port + index as u16))
+    };
+    let expected: Vec<(String, Vec<Vec<u8>>)> = services
+        .iter()
+        .map(|s| {
+            let env = options.stack.local_env(s, url_of).unwrap();
+            (s.name.clone(), env.into_iter().map(|(k, v)| format!("{k}={v}").into_bytes()).collect())
+        })
+        .collect();
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let argv0 =
             String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap_or_default()).into_owned();
-        let Some(name) = names.iter().find(|n| Path::new(&argv0) == bin_dir.join(n)) else { continue };
+        let Some((name, env)) = expected.iter().find(|(n, _)| Path::new(&argv0) == bin_dir.join(n)) else {
+            continue;
+        };
         let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
-        if environ.split(|b| *b == 0).any(|var| var == topic.as_bytes()) {
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        if env.iter().all(|var| vars.contains(&var.as_slice())) {
             found.push((pid, name.to_owned()));
         }
     }

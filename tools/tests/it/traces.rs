@@ -53,7 +53,8 @@ fn check_tree(spans: &BTreeMap<String, SpanInfo>, topic: &str) -> Option<String>
     let (ingest_id, ingest) = one("ingest", "POST /input");
     let (publish_id, publish) = one("ingest", "weather.v1.Producer/Publish");
     parent_is(&publish, &ingest_id);
-    let (server_id, server) = one("producer", "POST /weather.v1.Producer/Publish");
+    // Named from the route template (bounded), which tonic registers per service.
+    let (server_id, server) = one("producer", "POST /weather.v1.Producer/{*rest}");
     parent_is(&server, &publish_id);
     let (send_id, send) = one("producer", &format!("send {topic}"));
     parent_is(&send, &server_id);
