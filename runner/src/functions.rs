@@ -152,6 +152,10 @@ impl Functions {
             .with_context(|| format!("creating the log folder {}", self.log_dir.display()))?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_file(name))?;
         let port = if self.private_ports { free_port()? } else { function.port };
+        // Another process on the port would answer the readiness probe in the function's stead.
+        TcpListener::bind(("127.0.0.1", port)).with_context(|| {
+            format!("port {port} of {name} is taken — by a function an earlier runner left behind? (`ss -ltnp 'sport = :{port}'`)")
+        })?;
         let binary = self.bin_dir.join(name);
         // Calls between functions go to public ports: through the activator in scale-to-zero,
         // so ingest's first call cold-starts producer as on Knative.

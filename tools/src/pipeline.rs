@@ -173,6 +173,16 @@ impl Pipeline {
     }
 }
 
+/// A pipeline dropped without [`Pipeline::stop`] (a test that panicked, a tool that failed):
+/// SIGTERM, so the runner still stops its functions instead of leaving them on their ports.
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+}
+
 fn spawn(
     stack: &Stack,
     args: &PipelineArgs,
@@ -212,7 +222,6 @@ fn spawn(
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
-        .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {} (build it with `cargo build --release`)", runner.display()))
 }

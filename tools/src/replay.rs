@@ -78,8 +78,10 @@ pub async fn run(brokers: &str, topic: &str, args: &ReplayArgs) -> anyhow::Resul
         .map(|r| r.split_once('=').with_context(|| format!("--rewrite {r:?} is not FROM=TO")))
         .collect::<anyhow::Result<_>>()?;
     let marks = crate::state::watermarks(brokers, topic)?;
+    // librdkafka wants a group even for assigned partitions; it is never committed to.
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
+        .set("group.id", format!("weather-replay-{}", uuid::Uuid::new_v4().simple()))
         .set("enable.auto.commit", "false")
         .create()
         .context("creating the Kafka consumer")?;
