@@ -59,7 +59,7 @@ def container(name):
 
 
 def help_text(name):
-    binary = ROOT / "target" / "debug" / name
+    binary = ROOT / "target" / "release" / name
     if not binary.exists():
         pytest.fail(f"{binary} is missing: run cargo build --workspace --bins")
     return subprocess.run([binary, "--help"], capture_output=True, text=True, check=True).stdout
@@ -166,8 +166,8 @@ def test_kafka_settings_agree_with_strimzi_and_the_sources():
     topics = {d["metadata"]["name"]: d for d in docs(ROOT / "strimzi" / "topics.yaml")}
     bootstrap = f"{kafka['metadata']['name']}-kafka-bootstrap.{kafka['metadata']['namespace']}:9092"
     assert service_env("producer")["KAFKA_BROKERS"]["value"] == bootstrap
-    topics = [service_env(s)["KAFKA_TOPIC"]["value"] for s in ("producer", "counter")]
-    assert topics == ["messages", "messages"]
+    service_topics = [service_env(s)["KAFKA_TOPIC"]["value"] for s in ("producer", "counter")]
+    assert service_topics == ["messages", "messages"]
     assert topics["messages"]["spec"]["partitions"] >= 3
     for path in BASE.glob("*.yaml"):
         for d in docs(path):
@@ -299,6 +299,8 @@ PEERS = {
     "autoscaler": ("knative-serving", {"app": "autoscaler"}),
     # eventing-kafka-broker data-plane/config/source/500-dispatcher.yaml
     "dispatcher": ("knative-eventing", {"app": "kafka-source-dispatcher"}),
+    # the dead-letter replay Job of knative/replay/job.yaml
+    "replay": ("weather", {"app.kubernetes.io/name": "weather-replay"}),
     # prometheus-operator's pod labels; kube-prometheus-stack installed in monitoring (README)
     "prometheus": ("monitoring", {"app.kubernetes.io/name": "prometheus"}),
 }
@@ -484,10 +486,15 @@ def test_the_gateway_admits_exactly_the_callers_of_cluster_local_services():
     sinks = {d["spec"]["sink"]["ref"]["name"] for d in kustomization_docs(BASE) if d["kind"] == "KafkaSource"}
     assert sinks and sinks <= cluster_local
     # Who calls a cluster-local Service, read from the manifests: the dispatcher of the
-    # KafkaSources, every function configured with a cluster-local address, and net-kourier's
-    # controller, which probes the internal listener before it marks a route ready.
-    callers = {"dispatcher", "kourier-controller"} | {n for n in NAMES if set(callees(n)) & cluster_local}
-    assert callers == {"dispatcher", "kourier-controller", "ingest"}
+    # KafkaSources, the dead-letter replay Job (it posts to the sinks), every function configured
+    # with a cluster-local address, and net-kourier's controller, which probes the internal
+    # listener before it marks a route ready.
+    (job,) = docs(ROOT / "knative" / "replay" / "job.yaml")
+    assert (job["metadata"]["namespace"], job["spec"]["template"]["metadata"]["labels"]) == PEERS["replay"]
+    callers = {"dispatcher", "kourier-controller", "replay"} | {
+        n for n in NAMES if set(callees(n)) & cluster_local
+    }
+    assert callers == {"dispatcher", "kourier-controller", "replay", "ingest"}
     rules = allowed(gateway)
     assert {who for who, port in rules if port == GATEWAY_INTERNAL_PORT} == callers
     assert {port for who, port in rules if who == "*"} == GATEWAY_EXTERNAL_PORTS

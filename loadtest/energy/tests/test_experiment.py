@@ -1,6 +1,6 @@
 """End to end: a short experiment in both modes on the real local stack (select with
 ``-m experiment``; the stack must be up and the binaries built — ``ENERGY_RUNNER`` and
-``ENERGY_TOOLS``, default ``target/debug/runner`` and ``target/debug/tools``). Two 10 s bursts
+``ENERGY_TOOLS``, default ``target/release/runner`` and ``target/release/tools``). Two 10 s bursts
 with 20 s gaps and a 5 s idle period."""
 
 import json
@@ -18,8 +18,8 @@ ROOT = Path(__file__).parents[3]
 @pytest.mark.experiment
 def test_short_experiment(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    runner = Path(os.environ.get("ENERGY_RUNNER", "target/debug/runner"))
-    tools = Path(os.environ.get("ENERGY_TOOLS", "target/debug/tools"))
+    runner = Path(os.environ.get("ENERGY_RUNNER", "target/release/runner"))
+    tools = Path(os.environ.get("ENERGY_TOOLS", "target/release/tools"))
     # Not a skip: without the binaries this test must fail, and say why.
     for binary in (runner, tools):
         assert binary.exists(), f"{binary} is missing: cargo build --workspace --bins"
