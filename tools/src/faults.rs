@@ -232,7 +232,9 @@ async fn scenario(stack: &Stack, args: &FaultArgs, name: &str) -> anyhow::Result
             let (posted, killed) = tokio::join!(t.post(0..n), kill);
             posted?;
             killed?;
-            t.finish(0, vec![]).await
+            let log = std::fs::read_to_string(t.pipeline.log_file()).unwrap_or_default();
+            let restarted = log.contains("exited on its own; restarting") && log.contains(function);
+            t.finish(0, check(restarted, &format!("the runner never restarted {function}"))).await
         }
         "redis-sigkill" | "redis-sigstop" | "mongodb-sigkill" | "mongodb-sigstop" => {
             let service = if name.starts_with("redis") { "redis" } else { "ferretdb" };
@@ -568,15 +570,22 @@ fn signal_service(args: &FaultArgs, service: &str, signal: Signal) -> anyhow::Re
 }
 
 async fn start_service(args: &FaultArgs, service: &str) -> anyhow::Result<()> {
-    let status = tokio::process::Command::new(&args.stack_script)
+    let output = tokio::process::Command::new(&args.stack_script)
         .args(["up", service])
         .env("STACK_DIR", &args.stack_dir)
-        .stdout(std::process::Stdio::null())
-        .status()
+        .stdin(std::process::Stdio::null())
+        .output()
         .await
         .with_context(|| format!("running {} up {service}", args.stack_script.display()))?;
-    if !status.success() {
-        bail!("{} up {service} failed with {status}", args.stack_script.display());
+    if !output.status.success() {
+        let said = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = said.lines().rev().take(20).collect();
+        bail!(
+            "{} up {service} failed with {}:\n{}",
+            args.stack_script.display(),
+            output.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
     Ok(())
 }
