@@ -68,7 +68,7 @@ energy: $(LOCUST)
 	$(VENV)/bin/python -m loadtest.energy run $(ENERGY_ARGS)
 
 .PHONY: images images-check
-## images: build the four function images with docker, podman or else buildah (weather-tweets/<name>:0.1.0)
+## images: build the function images and the tools image with docker, podman or else buildah (weather-tweets/<name>:0.1.0)
 images:
 	CARGO=$(CARGO) images/build
 

@@ -9,7 +9,8 @@
 //   - every panel and target names a datasource {type, uid} provisioned in
 //     provisioning/datasources/datasources.yaml, with the same type;
 //   - every metric in every PromQL expression is listed in metrics.yaml;
-//   - every Redis key a panel reads is one that counter writes, with a read-only command.
+//   - every Redis key a panel reads is one that counter writes, with a read-only command;
+//   - every geomap layer that looks locations up names a gazetteer Grafana ships.
 package main
 
 import (
@@ -38,10 +39,22 @@ var redisKeys = map[string]bool{
 	"{weather}:countries":     true,
 	"{weather}:climas":        true,
 	"{weather}:country-clima": true,
+	"{weather}:country-codes": true,
 }
 
 // redisReadCommands are the redis-datasource commands a dashboard may run: reads only.
 var redisReadCommands = map[string]bool{"get": true, "hgetall": true, "hget": true, "hmget": true, "hkeys": true, "hlen": true}
+
+// gazetteers are the lookup tables Grafana ships (public/app/features/geo/gazetteer/ in
+// grafana/grafana), by the "public/gazetteer/…" paths dashboards save, which newer Grafana
+// rewrites to its build folder. countries.json matches a country by its ISO 3166-1 alpha-2 code
+// (and alpha-3, and English name). A misspelt path is no decode error: the map would load and
+// place nothing.
+var gazetteers = map[string]bool{
+	"public/gazetteer/countries.json":   true,
+	"public/gazetteer/usa-states.json":  true,
+	"public/gazetteer/airports.geojson": true,
+}
 
 // builtinAnnotationUID is Grafana's own annotation store, allowed for annotations only.
 const builtinAnnotationUID = "-- Grafana --"
@@ -203,7 +216,19 @@ type rawPanel struct {
 	Type       string            `json:"type"`
 	Datasource *rawDatasource    `json:"datasource"`
 	Targets    []json.RawMessage `json:"targets"`
+	Options    json.RawMessage   `json:"options"`
 	Panels     []rawPanel        `json:"panels"`
+}
+
+// geomapOptions is the part of a geomap panel's options the cross-checks read.
+type geomapOptions struct {
+	Layers []struct {
+		Name     string `json:"name"`
+		Location *struct {
+			Mode      string `json:"mode"`
+			Gazetteer string `json:"gazetteer"`
+		} `json:"location"`
+	} `json:"layers"`
 }
 
 type rawDatasource struct {
@@ -288,9 +313,28 @@ func ValidateDashboard(raw []byte, c *Catalog) []error {
 			for _, rt := range p.Targets {
 				errs = append(errs, c.checkTarget(where, p.Datasource, rt)...)
 			}
+			if p.Type == "geomap" {
+				errs = append(errs, checkGeomap(where, p.Options)...)
+			}
 		}
 	}
 	walk(doc.Panels)
+	return errs
+}
+
+// checkGeomap checks that every layer placing rows by lookup names a gazetteer Grafana ships,
+// explicitly (Grafana would default an empty one to countries; the dashboard says which).
+func checkGeomap(where string, raw json.RawMessage) []error {
+	var o geomapOptions
+	if err := json.Unmarshal(raw, &o); err != nil {
+		return []error{fmt.Errorf("%s: geomap options: %w", where, err)}
+	}
+	var errs []error
+	for _, l := range o.Layers {
+		if l.Location != nil && l.Location.Mode == "lookup" && !gazetteers[l.Location.Gazetteer] {
+			errs = append(errs, fmt.Errorf("%s: layer %q: gazetteer %q is not one Grafana ships", where, l.Name, l.Location.Gazetteer))
+		}
+	}
 	return errs
 }
 
@@ -434,5 +478,5 @@ func main() {
 		fmt.Fprintf(os.Stderr, "validate: %d of %d dashboards have problems\n", len(problems), n)
 		os.Exit(1)
 	}
-	fmt.Printf("validate: %d dashboards OK (strict SDK decode, datasources, metrics, Redis keys)\n", n)
+	fmt.Printf("validate: %d dashboards OK (strict SDK decode, datasources, metrics, Redis keys, gazetteers)\n", n)
 }

@@ -166,6 +166,40 @@ func TestRejectsRedisKeyWithoutHashTag(t *testing.T) {
 	expectRejected(t, errs, `redis key "weather:total" is not one counter writes`)
 }
 
+// The geomap is the last panel of tweets.json.
+func geomapOf(d map[string]any) map[string]any {
+	ps := d["panels"].([]any)
+	return ps[len(ps)-1].(map[string]any)
+}
+
+func geomapLocation(d map[string]any) map[string]any {
+	layers := geomapOf(d)["options"].(map[string]any)["layers"].([]any)
+	return layers[0].(map[string]any)["location"].(map[string]any)
+}
+
+func TestRejectsGeomapKeyTypo(t *testing.T) {
+	errs := mutate(t, "tweets.json", func(d map[string]any) {
+		targetAt(geomapOf(d), 0)["keyName"] = "{weather}:country-code"
+	})
+	expectRejected(t, errs, `redis key "{weather}:country-code" is not one counter writes`)
+}
+
+func TestRejectsUnknownGeomapLocationField(t *testing.T) {
+	errs := mutate(t, "tweets.json", func(d map[string]any) {
+		loc := geomapLocation(d)
+		loc["gazeteer"] = loc["gazetteer"]
+		delete(loc, "gazetteer")
+	})
+	expectRejected(t, errs, "gazeteer")
+}
+
+func TestRejectsUnknownGazetteer(t *testing.T) {
+	errs := mutate(t, "tweets.json", func(d map[string]any) {
+		geomapLocation(d)["gazetteer"] = "public/gazetteer/country.json"
+	})
+	expectRejected(t, errs, `gazetteer "public/gazetteer/country.json" is not one Grafana ships`)
+}
+
 func TestRejectsUnknownRedisQueryField(t *testing.T) {
 	errs := mutate(t, "tweets.json", func(d map[string]any) { targetAt(panelAt(d, 0), 0)["keyname"] = "{weather}:total" })
 	expectRejected(t, errs, `unknown redis-datasource query field "keyname"`)
