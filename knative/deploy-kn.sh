@@ -100,6 +100,7 @@ apply counter --cluster-local --port http1:8080 \
   --env-value-from REDIS_URL=secret:weather-credentials:REDIS_URL \
   --env REDIS_KEY_PREFIX=weather: \
   --env KAFKA_TOPIC=messages \
+  --env KAFKA_TOPIC_PARTITIONS=3 \
   --env DEDUP_TTL_S=604800 \
   --env REDIS_TIMEOUT_MS=2000
 

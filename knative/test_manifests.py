@@ -169,6 +169,8 @@ def test_kafka_settings_agree_with_strimzi_and_the_sources():
     service_topics = [service_env(s)["KAFKA_TOPIC"]["value"] for s in ("producer", "counter")]
     assert service_topics == ["messages", "messages"]
     assert topics["messages"]["spec"]["partitions"] >= 3
+    # counter refuses positions outside the topic, so it must know its partitions.
+    assert service_env("counter")["KAFKA_TOPIC_PARTITIONS"]["value"] == str(topics["messages"]["spec"]["partitions"])
     for path in BASE.glob("*.yaml"):
         for d in docs(path):
             if d["kind"] in ("KafkaSource", "KafkaSink"):

@@ -594,6 +594,15 @@ mod tests {
     }
 
     #[test]
+    fn counter_knows_the_partitions_the_runner_creates() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../knative/base");
+        let counter = services(&dir).unwrap().into_iter().find(|s| s.name == "counter").unwrap();
+        let partitions =
+            counter.env.iter().find(|e| e.name == "KAFKA_TOPIC_PARTITIONS").map(|e| e.value.clone());
+        assert_eq!(partitions, Some(EnvValue::Value(crate::PARTITIONS.to_string())));
+    }
+
+    #[test]
     fn the_delivery_budget_covers_a_ten_minute_outage() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../knative/base");
         for source in kafka_sources(&dir).unwrap() {

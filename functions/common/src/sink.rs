@@ -25,6 +25,12 @@ pub trait Store: Send + Sync + 'static {
     type Error: std::fmt::Display + Send;
 
     fn apply(&self, event: &Received) -> impl Future<Output = Result<Applied, Self::Error>> + Send;
+
+    /// Refuses an event this store can never apply (e.g. a position outside the topic), before
+    /// `apply`; the message goes back in the 400.
+    fn check(&self, _event: &Received) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Whether an event changed the store.
@@ -62,6 +68,9 @@ async fn receive<S: Store>(
         Ok(r) => r,
         Err(rejected) => return rejected.into_response(),
     };
+    if let Err(why) = store.check(&received) {
+        return Rejected::Position(why).into_response();
+    }
     let metrics = crate::metrics::get();
     match store.apply(&received).await {
         Ok(applied) => {
@@ -96,6 +105,8 @@ pub enum Rejected {
     Event(#[from] EventError),
     #[error("event id is longer than {MAX_ID_BYTES} bytes")]
     IdTooLong,
+    #[error("{0}")]
+    Position(String),
 }
 
 impl IntoResponse for Rejected {
@@ -108,6 +119,7 @@ impl IntoResponse for Rejected {
             Rejected::NotCloudEvent(_) => (StatusCode::BAD_REQUEST, "not_cloudevent"),
             Rejected::Event(_) => (StatusCode::BAD_REQUEST, "bad_event"),
             Rejected::IdTooLong => (StatusCode::BAD_REQUEST, "id_too_long"),
+            Rejected::Position(_) => (StatusCode::BAD_REQUEST, "position"),
         };
         crate::metrics::get().rejected(reason);
         error_response(status, &self.to_string())

@@ -18,6 +18,11 @@ pub struct Config {
     /// Kafka topic the events come from; it names the bitmaps of seen offsets.
     #[arg(long, env = "KAFKA_TOPIC", default_value = "messages")]
     pub topic: String,
+    /// Partitions of that topic (as strimzi/topics.yaml creates it): an event naming another
+    /// partition cannot come from the KafkaSource and is refused with 400, so a forged position
+    /// cannot make Redis allocate a bitmap for it.
+    #[arg(long, env = "KAFKA_TOPIC_PARTITIONS", default_value_t = 3)]
+    pub topic_partitions: i32,
     /// How long a record is remembered as counted, in seconds; keep it at least Kafka's
     /// retention (7 days by default), since a record cannot be redelivered after that.
     #[arg(long, env = "DEDUP_TTL_S", default_value_t = 7 * 24 * 3600)]

@@ -161,6 +161,7 @@ pub struct Counts {
     script: Script,
     keys: Keyspace,
     topic: String,
+    partitions: i32,
     ttl_s: u64,
     timeout: Duration,
 }
@@ -173,6 +174,7 @@ impl Counts {
             script: Script::new(APPLY),
             keys: Keyspace::new(&config.key_prefix),
             topic: config.topic.clone(),
+            partitions: config.topic_partitions,
             ttl_s: config.dedup_ttl_s,
             timeout: Duration::from_millis(config.redis_timeout_ms),
         })
@@ -256,6 +258,18 @@ impl Store for Counts {
 
     async fn apply(&self, event: &Received) -> Result<Applied, redis::RedisError> {
         Counts::apply(self, event).await
+    }
+
+    /// Offsets are non-negative already (`common::event`); the partition must be the topic's.
+    fn check(&self, event: &Received) -> Result<(), String> {
+        match event.position {
+            Some(p) if p.partition < 0 || p.partition >= self.partitions => Err(format!(
+                "knativekafkapartition {} is not a partition of the topic (0 to {})",
+                p.partition,
+                self.partitions - 1
+            )),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -63,6 +63,7 @@ fn app(redis_url: &str, prefix: &str, redis_timeout_ms: u64, dedup_ttl_s: u64) -
         redis_url: redis_url.into(),
         key_prefix: prefix.into(),
         topic: "messages".into(),
+        topic_partitions: 3,
         dedup_ttl_s,
         redis_timeout_ms,
     };
@@ -207,6 +208,24 @@ async fn events_that_can_never_be_counted_are_400_and_change_nothing() {
             ),
         ),
         ("id over 128 bytes", tweet_event(&"i".repeat(129))),
+        (
+            "partition outside the topic",
+            binary(
+                "j",
+                KAFKA_EVENT_TYPE,
+                tweet,
+                &[("ce-knativekafkapartition", "3"), ("ce-knativekafkaoffset", "1")],
+            ),
+        ),
+        (
+            "partition near 2^31, offset 2^20 - 1",
+            binary(
+                "k",
+                KAFKA_EVENT_TYPE,
+                tweet,
+                &[("ce-knativekafkapartition", "2147483647"), ("ce-knativekafkaoffset", "1048575")],
+            ),
+        ),
     ];
     for (case, request) in cases {
         let (status, body) = send(&f.app, request).await;
