@@ -232,9 +232,19 @@ async fn scenario(stack: &Stack, args: &FaultArgs, name: &str) -> anyhow::Result
             let (posted, killed) = tokio::join!(t.post(0..n), kill);
             posted?;
             killed?;
-            let log = std::fs::read_to_string(t.pipeline.log_file()).unwrap_or_default();
-            let restarted = log.contains("exited on its own; restarting") && log.contains(function);
-            t.finish(0, check(restarted, &format!("the runner never restarted {function}"))).await
+            // Every record delivered means the sink came back; the runner's log says who restarted it.
+            let (row, pipeline) = t.finish_keeping_pipeline(0).await?;
+            let log = std::fs::read_to_string(pipeline.log_file()).unwrap_or_default();
+            pipeline.stop().await;
+            let restarted = log.lines().any(|l| {
+                l.contains("exited on its own; restarting")
+                    && l.contains(&format!("\"function\":\"{function}\""))
+            });
+            let failed = [
+                row.failed_checks.clone(),
+                check(restarted, &format!("the runner never restarted {function}")),
+            ];
+            Ok(Row { failed_checks: failed.concat(), ..row })
         }
         "redis-sigkill" | "redis-sigstop" | "mongodb-sigkill" | "mongodb-sigstop" => {
             let service = if name.starts_with("redis") { "redis" } else { "ferretdb" };
