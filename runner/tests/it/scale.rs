@@ -18,7 +18,15 @@ const IDLE_MS: u64 = 2_000;
 fn mode_options(mode: Mode) -> Options {
     let options = options();
     let events = options.log_dir.join("events.jsonl");
-    Options { mode, idle_period_ms: Some(IDLE_MS), events: Some(events), ..options }
+    // The idle period is shortened to seconds, so the retry backoff must be too: a delivery
+    // retried after the manifests' 10 s would find its sink scaled to zero again.
+    Options {
+        mode,
+        idle_period_ms: Some(IDLE_MS),
+        events: Some(events),
+        backoff_delay_ms: Some(100),
+        ..options
+    }
 }
 
 /// Function processes of this test's run alive on the machine, found in `/proc` (whatever the
