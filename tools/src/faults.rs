@@ -543,8 +543,8 @@ impl Trial {
     }
 }
 
-/// The `i`-th tweet of a scenario: countries and conditions in rotation.
-fn tweet(i: usize) -> serde_json::Value {
+/// The `i`-th tweet of a scenario (and of the tools' tests): countries and conditions in rotation.
+pub fn tweet(i: usize) -> serde_json::Value {
     const COUNTRIES: [&str; 5] = ["Guatemala", "México", "El Salvador", "Perú", "Chile"];
     const CLIMAS: [&str; 4] = ["soleado", "lluvioso", "nublado", "tormenta"];
     serde_json::json!({

@@ -121,8 +121,13 @@ impl Pipeline {
         let mut pids = BTreeMap::new();
         if let Some(pid) = self.child.id() {
             pids.insert("runner".to_owned(), pid);
-            let children =
-                std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+            // Each thread's children are listed under its own task: a function the supervisor
+            // restarted was spawned by a worker thread, not the main one.
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+            let children: String = tasks
+                .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+                .collect::<Vec<_>>()
+                .join(" ");
             for child in children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
                 if let Ok(name) = std::fs::read_to_string(format!("/proc/{child}/comm")) {
                     pids.insert(name.trim().to_owned(), child);

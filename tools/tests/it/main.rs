@@ -7,6 +7,8 @@ use runner::Stack;
 use std::path::PathBuf;
 use tools::pipeline::PipelineArgs;
 
+pub use tools::faults::tweet;
+
 /// A fresh run of the pipeline's state: its own topics, consumer groups, keys and database.
 pub fn stack() -> Stack {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -27,15 +29,4 @@ pub fn pipeline_args() -> PipelineArgs {
         bin_dir: Some(PathBuf::from(env!("CARGO_BIN_EXE_tools")).parent().unwrap().to_path_buf()),
         log_dir: root.join("target/tools-tests"),
     }
-}
-
-/// The `i`-th tweet of a test.
-pub fn tweet(i: usize) -> serde_json::Value {
-    const COUNTRIES: [&str; 5] = ["Guatemala", "México", "El Salvador", "Perú", "Chile"];
-    const CLIMAS: [&str; 4] = ["soleado", "lluvioso", "nublado", "tormenta"];
-    serde_json::json!({
-        "texto": format!("Reporte número {i}"),
-        "pais": COUNTRIES[i % COUNTRIES.len()],
-        "clima": CLIMAS[i % CLIMAS.len()],
-    })
 }
