@@ -1,8 +1,15 @@
-//! Scale to zero on one machine, as Knative's activator and autoscaler do it: the runner listens
-//! on every function's public port, starts the function's process on the first request and holds
-//! that request until the readiness probe answers, proxies requests (HTTP/1.1, and gRPC over h2c
-//! for producer, bodies streamed, headers kept), and stops the process with SIGTERM once no
-//! request has been in flight for the idle period.
+//! Knative's activator and autoscaler on one machine: the runner listens on every function's
+//! public port and spreads the requests over the function's ready replicas (each a process on a
+//! loopback port of its own), the least busy first and never more than `containerConcurrency`
+//! at once to one replica. It proxies HTTP/1.1, and gRPC over h2c for producer, bodies streamed,
+//! headers kept. It holds a request while no replica is ready — starting one if none is on its
+//! way, as on a cold start.
+//!
+//! How many replicas run is the [`crate::autoscaler`]'s decision from the concurrency observed
+//! here, bounded by min-scale and max-scale; a replica that exits on its own is replaced (as the
+//! kubelet and the ReplicaSet would), and one that is no longer wanted first leaves the routing,
+//! then drains its requests in flight, then gets SIGTERM. In scale-to-zero the last replica goes
+//! once no request has been in flight for the idle period.
 //!
 //! On Knative the idle period is the `scale-to-zero-pod-retention-period` annotation, but the
 //! autoscaler only decides to scale to zero after its stable window (60 s by default) without
@@ -10,9 +17,14 @@
 //! the retention period (or `--idle-period-ms`) alone decides, so short experiments can use a
 //! few seconds.
 
-use crate::{events::Events, functions::Functions};
-use anyhow::Context;
+use crate::{
+    autoscaler::{Decider, TICK},
+    events::Events,
+    functions::{Functions, Process, READY_TIMEOUT},
+    manifests::Scaling,
+};
 use bytes::Bytes;
+use common::metrics::ServiceLabels;
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::{
     Request, Response, StatusCode, Uri, Version,
@@ -27,7 +39,10 @@ use hyper_util::{
 };
 use std::{
     convert::Infallible,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 use tokio::{
@@ -39,120 +54,251 @@ use tokio::{
 
 type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
+/// How often each function's replicas are checked (exits, the idle period, the wanted count).
+const RECONCILE: Duration = Duration::from_millis(250);
+/// How long a replica that is no longer wanted may take to finish its requests in flight: the
+/// Services' `timeoutSeconds`.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How the functions scale: an overlay's annotations and, in scale-to-zero, the idle period.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub scaling: Scaling,
+    /// `None`: always-on (at least one replica, whatever min-scale says).
+    pub idle: Option<Duration>,
+}
+
 /// The activator of every function, running.
 pub struct Activator {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    gates: Vec<Arc<Gate>>,
+    functions: Arc<Functions>,
 }
 
 impl Activator {
-    /// Binds every function's public port; no process is started until a request comes.
-    pub async fn start(
-        functions: Arc<Functions>,
-        events: Events,
-        idle: Duration,
-    ) -> anyhow::Result<Activator> {
+    /// Binds every function's public port; no process is started until a request comes or
+    /// [`Activator::scale_to_min`].
+    pub async fn start(functions: Arc<Functions>, events: Events, policy: Policy) -> anyhow::Result<Activator> {
         let (shutdown, stop) = watch::channel(false);
-        let mut tasks = Vec::new();
+        let mut listeners = Vec::new();
         for function in functions.all() {
-            let (name, port, http2) = (function.service.name.clone(), function.port, function.service.http2);
-            let listener = match TcpListener::bind(("127.0.0.1", port)).await {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = shutdown.send(true);
-                    for task in tasks {
-                        let _ = task.await;
-                    }
-                    return Err(e).with_context(|| format!("binding {name}'s port 127.0.0.1:{port}"));
-                }
-            };
-            let gate = Arc::new(Gate::new(name, http2, functions.clone(), events.clone(), idle));
-            tasks.push(tokio::spawn(gate.clone().serve(listener, stop.clone())));
-            tasks.push(tokio::spawn(gate.reap(stop.clone())));
+            let (name, port) = (&function.service.name, function.port);
+            let listener = TcpListener::bind(("127.0.0.1", port)).await.map_err(|e| {
+                anyhow::anyhow!("binding {name}'s port 127.0.0.1:{port}: {e} — is another runner using it? (`ss -ltnp 'sport = :{port}'`)")
+            })?;
+            listeners.push(listener);
         }
-        tracing::info!(idle_ms = idle.as_millis() as u64, "Activator listening; functions start on demand");
-        Ok(Activator { shutdown, tasks })
+        let mut tasks = Vec::new();
+        let mut gates = Vec::new();
+        for (function, listener) in functions.all().iter().zip(listeners) {
+            let gate = Arc::new(Gate::new(function.service.name.clone(), functions.clone(), events.clone(), policy)?);
+            tasks.push(tokio::spawn(gate.clone().serve(listener, stop.clone())));
+            tasks.push(tokio::spawn(gate.clone().reconcile(stop.clone())));
+            gates.push(gate);
+        }
+        tracing::info!(
+            idle_ms = policy.idle.map(|i| i.as_millis() as u64),
+            target = policy.scaling.target,
+            min_scale = policy.scaling.min_scale,
+            max_scale = policy.scaling.max_scale,
+            "Activator listening"
+        );
+        Ok(Activator { shutdown, tasks, gates, functions })
     }
 
-    /// Stops accepting and lets a stop in progress finish; the caller then stops the processes.
-    pub async fn stop(self) {
+    fn gate(&self, name: &str) -> anyhow::Result<&Arc<Gate>> {
+        self.gates.iter().find(|g| g.name == name).ok_or_else(|| anyhow::anyhow!("no function {name:?}"))
+    }
+
+    /// Starts the floor's replicas of every function (min-scale, at least one in always-on),
+    /// each after the functions it calls, and waits until they are ready.
+    pub async fn scale_to_min(&self) -> anyhow::Result<()> {
+        for name in self.functions.start_order() {
+            let gate = self.gate(name)?;
+            gate.wait_replicas(gate.floor(), READY_TIMEOUT + Duration::from_secs(5)).await?;
+        }
+        Ok(())
+    }
+
+    /// Processes of `name` alive now (starting, ready or draining).
+    pub fn replicas(&self, name: &str) -> u32 {
+        self.gate(name).map_or(0, |g| g.state().alive)
+    }
+
+    /// Ports of `name`'s ready replicas (their own, not the activator's).
+    pub fn replica_ports(&self, name: &str) -> Vec<u16> {
+        self.gate(name).map_or_else(|_| Vec::new(), |g| g.state().ready.iter().map(|r| r.load.port).collect())
+    }
+
+    /// Names of the functions with a process alive now, in start order.
+    pub fn running(&self) -> Vec<String> {
+        self.functions.start_order().iter().filter(|name| self.replicas(name) > 0).cloned().collect()
+    }
+
+    /// SIGKILL to every replica of `name`, for tests of crashes (they are replaced).
+    pub fn kill(&self, name: &str) -> anyhow::Result<()> {
+        let gate = self.gate(name)?;
+        gate.state().ready.iter_mut().for_each(|r| r.process.kill());
+        Ok(())
+    }
+
+    /// Stops accepting, then stops every replica (in reverse start order), draining each.
+    pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
-        for task in self.tasks {
+        for task in std::mem::take(&mut self.tasks) {
             let _ = task.await;
+        }
+        for name in self.functions.start_order().iter().rev() {
+            if let Ok(gate) = self.gate(name) {
+                gate.stop_all().await;
+            }
         }
     }
 }
 
-/// One function's activator: its process (if any) and the requests in flight to it.
+/// One function's activator: its replicas and the requests in flight to it.
 struct Gate {
     name: String,
     functions: Arc<Functions>,
     events: Events,
-    idle: Duration,
-    /// The running process; held while starting or stopping it, so requests wait for either.
-    backend: tokio::sync::Mutex<Option<Backend>>,
-    activity: Mutex<Activity>,
-    /// Wakes the reaper when the function goes idle or starts.
+    policy: Policy,
+    /// 0: no limit.
+    container_concurrency: usize,
+    decider: Mutex<Decider>,
+    state: Mutex<State>,
+    /// Wakes requests waiting for a replica or capacity, and drains waiting for requests to end.
     changed: Notify,
     client: Client<HttpConnector, Incoming>,
     version: Version,
+    labels: ServiceLabels,
 }
 
-struct Backend {
-    port: u16,
-    ready_at: Instant,
-}
-
-struct Activity {
+struct State {
+    /// Ready replicas, in start order; requests go only to these.
+    ready: Vec<Replica>,
+    /// Replicas asked for and not yet ready (or failed).
+    starting: u32,
+    /// Processes alive: starting, ready and draining.
+    alive: u32,
+    /// Requests at the activator, waiting for a replica or proxied.
     in_flight: usize,
-    /// When `in_flight` last dropped to zero (or the process got ready).
+    /// ∫ in_flight dt since `sampled`.
+    area: f64,
+    last_change: Instant,
+    sampled: Instant,
+    decided: Instant,
+    /// When `in_flight` last dropped to zero (or a replica got ready).
     idle_since: Instant,
-    running: bool,
+    /// The autoscaler's last decision.
+    desired: u32,
+    /// Starts that failed so far: a request waiting for a start gives up when one fails.
+    failed_starts: u64,
+    stopping: bool,
 }
 
-/// Counts a request as in flight until dropped — with the response body, so a streamed answer
-/// keeps the function alive until its last byte.
-struct InFlight(Arc<Gate>);
+struct Replica {
+    load: Arc<Load>,
+    process: Process,
+}
+
+/// What requests need of a replica: where it listens and how busy it is.
+struct Load {
+    port: u16,
+    in_flight: AtomicUsize,
+}
+
+impl State {
+    /// Adds the time since the last change to the concurrency integral.
+    fn flush(&mut self, now: Instant) {
+        self.area += self.in_flight as f64 * (now - self.last_change).as_secs_f64();
+        self.last_change = now;
+    }
+}
+
+/// A request at the activator, counted until dropped — with the response body, so a streamed
+/// answer keeps its replica busy until its last byte.
+struct InFlight {
+    gate: Arc<Gate>,
+    load: Option<Arc<Load>>,
+}
 
 impl InFlight {
     fn new(gate: Arc<Gate>) -> InFlight {
-        gate.activity().in_flight += 1;
-        InFlight(gate)
+        {
+            let mut state = gate.state();
+            state.flush(Instant::now());
+            state.in_flight += 1;
+        }
+        InFlight { gate, load: None }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut activity = self.0.activity();
-        activity.in_flight -= 1;
-        if activity.in_flight == 0 {
-            activity.idle_since = Instant::now();
-            self.0.changed.notify_one();
+        if let Some(load) = &self.load {
+            load.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
+        {
+            let mut state = self.gate.state();
+            let now = Instant::now();
+            state.flush(now);
+            state.in_flight -= 1;
+            if state.in_flight == 0 {
+                state.idle_since = now;
+            }
+        }
+        self.gate.changed.notify_waiters();
     }
 }
 
 impl Gate {
-    /// `http2`: the function speaks HTTP/2 with prior knowledge (its port is named `h2c`).
-    fn new(name: String, http2: bool, functions: Arc<Functions>, events: Events, idle: Duration) -> Gate {
+    fn new(name: String, functions: Arc<Functions>, events: Events, policy: Policy) -> anyhow::Result<Gate> {
+        let service = &functions.get(&name)?.service;
+        let http2 = service.http2;
+        let container_concurrency = service.container_concurrency;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).http2_only(http2).build(connector);
-        Gate {
+        let now = Instant::now();
+        Ok(Gate {
+            labels: ServiceLabels { service: name.clone() },
             name,
             functions,
             events,
-            idle,
-            backend: tokio::sync::Mutex::new(None),
-            activity: Mutex::new(Activity { in_flight: 0, idle_since: Instant::now(), running: false }),
+            policy,
+            container_concurrency: container_concurrency as usize,
+            decider: Mutex::new(Decider::new(&policy.scaling, container_concurrency)),
+            state: Mutex::new(State {
+                ready: Vec::new(),
+                starting: 0,
+                alive: 0,
+                in_flight: 0,
+                area: 0.0,
+                last_change: now,
+                sampled: now,
+                decided: now,
+                idle_since: now,
+                desired: 0,
+                failed_starts: 0,
+                stopping: false,
+            }),
             changed: Notify::new(),
             client,
             version: if http2 { Version::HTTP_2 } else { Version::HTTP_11 },
-        }
+        })
     }
 
-    fn activity(&self) -> std::sync::MutexGuard<'_, Activity> {
-        self.activity.lock().expect("activity lock")
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("activator state lock")
+    }
+
+    /// The replicas kept whatever the load: min-scale, and at least one in always-on.
+    fn floor(&self) -> u32 {
+        match self.policy.idle {
+            None => self.policy.scaling.min_scale.max(1),
+            Some(_) => self.policy.scaling.min_scale,
+        }
     }
 
     /// Accepts connections (HTTP/1.1 or HTTP/2 prior knowledge) until shutdown.
@@ -185,22 +331,24 @@ impl Gate {
         connections.abort_all();
     }
 
-    /// Proxies one request, starting the process first if there is none.
+    /// Proxies one request to a ready replica, waiting for one if there is none.
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
         let arrived = Instant::now();
-        let in_flight = InFlight::new(self.clone());
-        let (port, cold) = match self.backend(arrived).await {
-            Ok(backend) => backend,
+        let mut in_flight = InFlight::new(self.clone());
+        let (load, cold) = match self.clone().replica(arrived).await {
+            Ok(found) => found,
             Err(e) => {
-                tracing::error!(function = %self.name, error = format!("{e:#}"), "Cold start failed");
-                return Ok(answer(StatusCode::SERVICE_UNAVAILABLE, "function did not start"));
+                tracing::error!(function = %self.name, error = format!("{e:#}"), "No replica to serve the request");
+                return Ok(self.answered(arrived, answer(StatusCode::SERVICE_UNAVAILABLE, "function did not start")));
             }
         };
+        let port = load.port;
+        in_flight.load = Some(load);
         let request = match self.outgoing(request, port) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(function = %self.name, error = %e, "Cannot proxy the request");
-                return Ok(answer(StatusCode::BAD_REQUEST, "cannot proxy this request"));
+                return Ok(self.answered(arrived, answer(StatusCode::BAD_REQUEST, "cannot proxy this request")));
             }
         };
         match self.client.request(request).await {
@@ -216,38 +364,261 @@ impl Gate {
                         e
                     })
                     .boxed_unsync();
-                Ok(Response::from_parts(parts, body))
+                Ok(self.answered(arrived, Response::from_parts(parts, body)))
             }
             Err(e) => {
                 tracing::warn!(function = %self.name, port, error = %e, "Proxying to the function failed");
-                Ok(answer(StatusCode::BAD_GATEWAY, "function unreachable"))
+                Ok(self.answered(arrived, answer(StatusCode::BAD_GATEWAY, "function unreachable")))
             }
         }
     }
 
-    /// The process's port, starting it if needed; `true` if the request had to wait for a start.
-    async fn backend(&self, arrived: Instant) -> anyhow::Result<(u16, bool)> {
-        let mut backend = self.backend.lock().await;
-        if backend.is_some() && !self.functions.is_running(&self.name) {
-            tracing::warn!(function = %self.name, "Function exited on its own; starting it again");
-            *backend = None;
-            self.functions.stop(&self.name).await?;
-        }
-        if backend.is_none() {
-            self.functions.start(&self.name).await?;
-            let port = self.functions.process_port(&self.name).context("the function's port")?;
-            let mut activity = self.activity();
-            activity.running = true;
-            activity.idle_since = Instant::now();
-            *backend = Some(Backend { port, ready_at: Instant::now() });
-            self.changed.notify_one();
-        }
-        let backend = backend.as_ref().expect("a backend");
-        // Also true for requests queued behind the one that started it, or behind a stop.
-        Ok((backend.port, arrived < backend.ready_at))
+    /// Counts and times an answer (to its headers) in the runner's metrics.
+    fn answered(&self, arrived: Instant, response: Response<ProxyBody>) -> Response<ProxyBody> {
+        let metrics = common::metrics::get();
+        metrics.activator_duration.get_or_create(&self.labels).observe(arrived.elapsed().as_secs_f64());
+        metrics.activator_request(&self.name, response.status().as_u16());
+        response
     }
 
-    /// The request for the process's port, without hop-by-hop headers (`te: trailers` stays:
+    /// The least busy ready replica with room for one more request, marked busier; `true` if
+    /// the request had to wait for a replica to start.
+    async fn replica(self: Arc<Self>, arrived: Instant) -> anyhow::Result<(Arc<Load>, bool)> {
+        let deadline = arrived + READY_TIMEOUT + Duration::from_secs(5);
+        let mut cold = false;
+        let mut failures = None;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = self.state();
+                let room = |r: &&Replica| {
+                    self.container_concurrency == 0
+                        || r.load.in_flight.load(Ordering::Relaxed) < self.container_concurrency
+                };
+                if let Some(replica) =
+                    state.ready.iter().filter(room).min_by_key(|r| r.load.in_flight.load(Ordering::Relaxed))
+                {
+                    replica.load.in_flight.fetch_add(1, Ordering::Relaxed);
+                    return Ok((replica.load.clone(), cold));
+                }
+                let failed = *failures.get_or_insert(state.failed_starts);
+                if state.failed_starts > failed {
+                    anyhow::bail!("{} did not start; see {}", self.name, self.functions.log_file(&self.name).display());
+                }
+                if state.ready.is_empty() {
+                    cold = true;
+                    if state.starting == 0 && !state.stopping {
+                        self.launch(&mut state, 1);
+                    }
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                anyhow::bail!("no replica of {} was ready within {:?}", self.name, deadline - arrived);
+            }
+        }
+    }
+
+    /// Starts `n` more replicas in the background.
+    fn launch(self: &Arc<Self>, state: &mut State, n: u32) {
+        state.starting += n;
+        for _ in 0..n {
+            tokio::spawn(self.clone().start_replica());
+        }
+    }
+
+    async fn start_replica(self: Arc<Self>) {
+        let started = async {
+            let mut process = self.functions.exec(&self.name)?;
+            let alive = {
+                let mut state = self.state();
+                state.alive += 1;
+                state.alive
+            };
+            self.publish(alive);
+            self.events.start(&self.name, process.pid, alive);
+            match self.functions.wait_ready(&self.name, &mut process).await {
+                Ok(took) => Ok((process, took)),
+                Err(e) => {
+                    self.exited(process.pid);
+                    Err(e)
+                }
+            }
+        }
+        .await;
+        {
+            let mut state = self.state();
+            state.starting -= 1;
+            match started {
+                Ok((process, took)) => {
+                    let pid = process.pid;
+                    tracing::info!(function = %self.name, port = process.port, pid, ready_ms = took.as_millis() as u64, replicas = state.alive, "Replica ready");
+                    self.events.ready(&self.name, pid, took, state.alive);
+                    let load = Arc::new(Load { port: process.port, in_flight: AtomicUsize::new(0) });
+                    state.ready.push(Replica { load, process });
+                    state.idle_since = Instant::now();
+                }
+                Err(e) => {
+                    state.failed_starts += 1;
+                    tracing::error!(function = %self.name, error = format!("{e:#}"), "Starting a replica failed");
+                }
+            }
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Records that a process of this function is gone.
+    fn exited(&self, pid: Option<u32>) {
+        let alive = {
+            let mut state = self.state();
+            state.alive -= 1;
+            state.alive
+        };
+        self.publish(alive);
+        self.events.stop(&self.name, pid, alive);
+    }
+
+    fn publish(&self, alive: u32) {
+        common::metrics::get().replicas.get_or_create(&self.labels).set(i64::from(alive));
+    }
+
+    /// Waits until `n` replicas are ready (starting what is missing).
+    async fn wait_replicas(self: &Arc<Self>, n: u32, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let failed = self.state().failed_starts;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = self.state();
+                if state.ready.len() as u32 >= n {
+                    return Ok(());
+                }
+                if state.failed_starts > failed {
+                    anyhow::bail!("{} did not start; see {}", self.name, self.functions.log_file(&self.name).display());
+                }
+                let missing = n.saturating_sub(state.ready.len() as u32 + state.starting);
+                if missing > 0 {
+                    self.launch(&mut state, missing);
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                anyhow::bail!("{} had no {n} ready replicas within {timeout:?}", self.name);
+            }
+        }
+    }
+
+    /// Every 250 ms: replaces replicas that exited, samples the concurrency each second, asks
+    /// the autoscaler each tick, and starts or drains replicas to match its decision.
+    async fn reconcile(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = stopped(&mut shutdown) => return,
+                _ = tokio::time::sleep(RECONCILE) => {}
+            }
+            let mut exited = Vec::new();
+            let mut drain = Vec::new();
+            {
+                let mut state = self.state();
+                let mut i = 0;
+                while i < state.ready.len() {
+                    if let Some(status) = state.ready[i].process.exited() {
+                        let replica = state.ready.remove(i);
+                        tracing::warn!(function = %self.name, pid = replica.process.pid, %status, "Replica exited on its own; replacing it");
+                        exited.push(replica.process.pid);
+                    } else {
+                        i += 1;
+                    }
+                }
+                let now = Instant::now();
+                if now - state.sampled >= Duration::from_secs(1) {
+                    state.flush(now);
+                    let concurrency = state.area / (now - state.sampled).as_secs_f64();
+                    state.area = 0.0;
+                    state.sampled = now;
+                    self.decider.lock().expect("decider lock").record(concurrency);
+                }
+                if now - state.decided >= TICK {
+                    state.decided = now;
+                    let ready = state.ready.len() as u32;
+                    let decision = self.decider.lock().expect("decider lock").decide(ready, now.into_std());
+                    if decision.desired != state.desired {
+                        tracing::info!(function = %self.name, desired = decision.desired, replicas = state.alive, panic = decision.panic, stable = decision.stable, panic_value = decision.panic_value, "Autoscaler decision");
+                        self.events.scale(&self.name, state.alive, decision.desired, decision.panic);
+                        common::metrics::get().desired_replicas.get_or_create(&self.labels).set(i64::from(decision.desired));
+                        state.desired = decision.desired;
+                    }
+                }
+                let idle_expired = self
+                    .policy
+                    .idle
+                    .is_some_and(|idle| state.in_flight == 0 && state.idle_since.elapsed() >= idle);
+                let floor = if state.in_flight > 0 || (state.alive > 0 && !idle_expired) { self.floor().max(1) } else { self.floor() };
+                let wanted = state.desired.max(floor);
+                let wanted = if idle_expired { self.floor() } else { wanted };
+                let have = state.ready.len() as u32 + state.starting;
+                if wanted > have && !state.stopping {
+                    self.launch(&mut state, wanted - have);
+                } else if wanted < have {
+                    let surplus = ((have - wanted) as usize).min(state.ready.len());
+                    let keep = state.ready.len() - surplus;
+                    drain = state.ready.split_off(keep);
+                }
+            }
+            for pid in exited {
+                self.exited(pid);
+            }
+            if !drain.is_empty() {
+                tracing::info!(function = %self.name, replicas = drain.len(), "Scaling down: draining replicas");
+            }
+            for replica in drain {
+                tokio::spawn(self.clone().drain(replica));
+            }
+        }
+    }
+
+    /// Waits for the replica's requests in flight to end, then stops its process.
+    async fn drain(self: Arc<Self>, replica: Replica) {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while replica.load.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if replica.load.in_flight.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
+        let pid = replica.process.pid;
+        if let Err(e) = replica.process.stop(&self.name).await {
+            tracing::warn!(function = %self.name, error = %e, "Stopping a replica failed");
+        }
+        self.exited(pid);
+    }
+
+    /// At shutdown: no more starts; every replica, ready or starting, is drained and stopped.
+    async fn stop_all(self: &Arc<Self>) {
+        self.state().stopping = true;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (ready, starting) = {
+                let mut state = self.state();
+                (std::mem::take(&mut state.ready), state.starting)
+            };
+            let stops: Vec<_> = ready.into_iter().map(|r| self.clone().drain(r)).collect();
+            futures::future::join_all(stops).await;
+            if starting == 0 {
+                return;
+            }
+            let _ = tokio::time::timeout(READY_TIMEOUT, notified).await;
+        }
+    }
+
+    /// The request for the replica's port, without hop-by-hop headers (`te: trailers` stays:
     /// gRPC needs it).
     fn outgoing(&self, request: Request<Incoming>, port: u16) -> anyhow::Result<Request<Incoming>> {
         let (mut parts, body) = request.into_parts();
@@ -264,44 +635,6 @@ impl Gate {
             parts.headers.remove(header::HOST);
         }
         Ok(Request::from_parts(parts, body))
-    }
-
-    /// Stops the process once it has been idle long enough; wakes on every change of activity.
-    async fn reap(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let far = Duration::from_secs(24 * 3600);
-        loop {
-            let deadline = {
-                let activity = self.activity();
-                if activity.running && activity.in_flight == 0 {
-                    activity.idle_since + self.idle
-                } else {
-                    Instant::now() + far
-                }
-            };
-            tokio::select! {
-                _ = stopped(&mut shutdown) => return,
-                _ = self.changed.notified() => continue,
-                _ = tokio::time::sleep_until(deadline) => {}
-            }
-            let mut backend = self.backend.lock().await;
-            {
-                // A request that arrived since is counted already (it waits for this lock).
-                let mut activity = self.activity();
-                if backend.is_none() || activity.in_flight > 0 || activity.idle_since.elapsed() < self.idle {
-                    continue;
-                }
-                activity.running = false;
-            }
-            *backend = None;
-            tracing::info!(
-                function = %self.name,
-                idle_ms = self.idle.as_millis() as u64,
-                "Idle, scaling to zero"
-            );
-            if let Err(e) = self.functions.stop(&self.name).await {
-                tracing::warn!(function = %self.name, error = %e, "Stopping failed");
-            }
-        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! Scaling events — a function process started, became ready, stopped, and requests that waited
-//! for a start — kept in memory (for tests) and appended as JSON lines to `--events`, one flushed
+//! Scaling events — a function process started, became ready, stopped, the autoscaler changed
+//! its mind, and requests that waited for a start — kept in memory (for tests) and appended as JSON lines to `--events`, one flushed
 //! line per event, so the energy report can read them after (or during) a run.
 
 use anyhow::Context;
@@ -29,6 +29,16 @@ pub struct ScaleEvent {
     /// `cold_start`: request arrival at the runner → the function's response headers sent on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,
+    /// `start`, `ready`, `stop`, `scale`: the function's processes alive right after the event
+    /// (one that is starting counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// `scale`: the replicas the autoscaler wants from now on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<u32>,
+    /// `scale`: whether the autoscaler is in panic mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub panic: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +52,8 @@ pub enum EventKind {
     Stop,
     /// A request that had to wait for a start (every request held while the process started).
     ColdStart,
+    /// The autoscaler's desired replica count changed.
+    Scale,
 }
 
 /// The recorder; clones share one log.
@@ -73,16 +85,30 @@ impl Events {
         Ok(Events { inner: Arc::new(Mutex::new(Inner { file, ..Inner::default() })) })
     }
 
-    pub fn start(&self, function: &str, pid: Option<u32>) {
-        self.record(ScaleEvent { pid, ..event(EventKind::Start, function) });
+    pub fn start(&self, function: &str, pid: Option<u32>, replicas: u32) {
+        self.record(ScaleEvent { pid, replicas: Some(replicas), ..event(EventKind::Start, function) });
     }
 
-    pub fn ready(&self, function: &str, pid: Option<u32>, took: Duration) {
-        self.record(ScaleEvent { pid, ready_ms: Some(ms(took)), ..event(EventKind::Ready, function) });
+    pub fn ready(&self, function: &str, pid: Option<u32>, took: Duration, replicas: u32) {
+        self.record(ScaleEvent {
+            pid,
+            ready_ms: Some(ms(took)),
+            replicas: Some(replicas),
+            ..event(EventKind::Ready, function)
+        });
     }
 
-    pub fn stop(&self, function: &str, pid: Option<u32>) {
-        self.record(ScaleEvent { pid, ..event(EventKind::Stop, function) });
+    pub fn stop(&self, function: &str, pid: Option<u32>, replicas: u32) {
+        self.record(ScaleEvent { pid, replicas: Some(replicas), ..event(EventKind::Stop, function) });
+    }
+
+    pub fn scale(&self, function: &str, replicas: u32, desired: u32, panic: bool) {
+        self.record(ScaleEvent {
+            replicas: Some(replicas),
+            desired: Some(desired),
+            panic: Some(panic),
+            ..event(EventKind::Scale, function)
+        });
     }
 
     pub fn cold_start(&self, function: &str, latency: Duration) {
@@ -114,7 +140,17 @@ impl Events {
 
 fn event(event: EventKind, function: &str) -> ScaleEvent {
     let t_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    ScaleEvent { t_ms, event, function: function.to_owned(), pid: None, ready_ms: None, latency_ms: None }
+    ScaleEvent {
+        t_ms,
+        event,
+        function: function.to_owned(),
+        pid: None,
+        ready_ms: None,
+        latency_ms: None,
+        replicas: None,
+        desired: None,
+        panic: None,
+    }
 }
 
 /// Milliseconds with microsecond resolution.
@@ -130,13 +166,14 @@ mod tests {
     fn events_are_json_lines_in_memory_and_on_disk() {
         let path = std::env::temp_dir().join(format!("events-{}/e.jsonl", uuid::Uuid::new_v4()));
         let events = Events::new(Some(&path)).unwrap();
-        events.start("ingest", Some(42));
-        events.ready("ingest", Some(42), Duration::from_micros(12_345));
+        events.start("ingest", Some(42), 1);
+        events.ready("ingest", Some(42), Duration::from_micros(12_345), 1);
         events.cold_start("ingest", Duration::from_millis(20));
-        events.stop("ingest", Some(42));
+        events.stop("ingest", Some(42), 0);
+        events.scale("ingest", 0, 3, true);
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(lines.len(), 4);
+        assert_eq!(lines.len(), 5);
         assert_eq!(lines[0]["event"], "start");
         assert_eq!(lines[0]["pid"], 42);
         assert!(lines[0].get("ready_ms").is_none());
@@ -145,6 +182,9 @@ mod tests {
         assert_eq!(lines[2]["latency_ms"], 20.0);
         assert!(lines[2].get("pid").is_none());
         assert_eq!(lines[3]["event"], "stop");
+        assert_eq!((lines[0]["replicas"].as_u64(), lines[3]["replicas"].as_u64()), (Some(1), Some(0)));
+        assert_eq!(lines[4]["event"], "scale");
+        assert_eq!((lines[4]["desired"].as_u64(), lines[4]["panic"].as_bool()), (Some(3), Some(true)));
         assert!(
             lines
                 .iter()

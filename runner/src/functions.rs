@@ -1,32 +1,30 @@
-//! The functions of the `knative/base` Services as child processes on loopback ports, each with
-//! its log file and its manifest's environment made local ([`Stack::local_env`]), started in
-//! dependency order and waited for on `/health/readiness`, stopped with SIGTERM (as Kubernetes
-//! does) and SIGKILL only if draining overruns. Every start, ready and stop goes to [`Events`].
-//! Behind the activator (scale-to-zero) a process listens on a private port of its own and the
-//! public port belongs to the activator.
+//! The functions of the `knative/base` Services and their processes: each replica a child
+//! process on a loopback port of its own, with its manifest's environment made local
+//! ([`Stack::local_env`]) and the function's log file, waited for on its readiness path, stopped
+//! with SIGTERM (as Kubernetes does) and SIGKILL only if draining overruns. The public ports
+//! belong to the [`crate::activator`], which decides how many replicas run.
 
-use crate::{Stack, events::Events, manifests::Service};
+use crate::{Stack, manifests::Service};
 use anyhow::{Context, bail};
 use nix::{sys::signal, unistd::Pid};
 use std::{
     collections::BTreeMap,
     net::TcpListener,
     path::PathBuf,
-    process::Stdio,
-    sync::Mutex,
+    process::{ExitStatus, Stdio},
     time::{Duration, Instant},
 };
 use tokio::process::{Child, Command};
 
 /// How long a function may take to answer its readiness probe.
-const READY_TIMEOUT: Duration = Duration::from_secs(15);
+pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longer than the functions' own drain timeout (20 s), shorter than Kubernetes' grace (30 s).
 const STOP_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// One function: its Service, public port and local environment.
 pub struct Function {
     pub service: Service,
-    /// What callers and the KafkaSources use (the activator's, in scale-to-zero).
+    /// What callers and the KafkaSources use: the activator's.
     pub port: u16,
     env: Vec<(String, String)>,
 }
@@ -38,29 +36,20 @@ pub struct Functions {
     start_order: Vec<String>,
     bin_dir: PathBuf,
     log_dir: PathBuf,
-    /// Whether processes listen on private ports (the activator owns the public ones).
-    private_ports: bool,
-    running: Mutex<BTreeMap<String, Process>>,
     http: reqwest::Client,
-    events: Events,
 }
 
-struct Process {
+/// One replica's process.
+pub struct Process {
     child: Child,
-    port: u16,
+    pub port: u16,
+    pub pid: Option<u32>,
+    started: Instant,
 }
 
 impl Functions {
-    /// The Services of `stack`'s manifests, on loopback ports from `base_port`; with
-    /// `private_ports` each process gets a free port of its own, for the activator to proxy to.
-    pub fn new(
-        stack: &Stack,
-        bin_dir: PathBuf,
-        log_dir: PathBuf,
-        base_port: u16,
-        private_ports: bool,
-        events: Events,
-    ) -> anyhow::Result<Functions> {
+    /// The Services of `stack`'s manifests, on loopback ports from `base_port`.
+    pub fn new(stack: &Stack, bin_dir: PathBuf, log_dir: PathBuf, base_port: u16) -> anyhow::Result<Functions> {
         let services = stack.services()?;
         let ports: BTreeMap<String, u16> =
             services.iter().zip(base_port..).map(|(s, port)| (s.name.clone(), port)).collect();
@@ -73,16 +62,7 @@ impl Functions {
                 Ok(Function { port: ports[&service.name], service, env })
             })
             .collect::<anyhow::Result<_>>()?;
-        Ok(Functions {
-            functions,
-            start_order,
-            bin_dir,
-            log_dir,
-            private_ports,
-            running: Mutex::new(BTreeMap::new()),
-            http: reqwest::Client::new(),
-            events,
-        })
+        Ok(Functions { functions, start_order, bin_dir, log_dir, http: reqwest::Client::new() })
     }
 
     /// The functions, in the manifests' order.
@@ -90,7 +70,12 @@ impl Functions {
         &self.functions
     }
 
-    fn get(&self, name: &str) -> anyhow::Result<&Function> {
+    /// The functions' names, each after the functions it calls.
+    pub fn start_order(&self) -> &[String] {
+        &self.start_order
+    }
+
+    pub fn get(&self, name: &str) -> anyhow::Result<&Function> {
         self.functions
             .iter()
             .find(|f| f.service.name == name)
@@ -107,58 +92,23 @@ impl Functions {
         Ok(format!("http://127.0.0.1:{}", self.port(name)?))
     }
 
-    /// The port the function's process listens on, while it runs.
-    pub fn process_port(&self, name: &str) -> Option<u16> {
-        self.lock().get(name).map(|p| p.port)
-    }
-
+    /// The log file every replica of the function appends to.
     pub fn log_file(&self, name: &str) -> PathBuf {
         self.log_dir.join(format!("{name}.log"))
     }
 
-    /// Names of the function processes alive now, in start order.
-    pub fn running(&self) -> Vec<String> {
-        let mut running = self.lock();
-        self.start_order
-            .iter()
-            .filter(|name| running.get_mut(*name).is_some_and(|p| matches!(p.child.try_wait(), Ok(None))))
-            .cloned()
-            .collect()
-    }
-
-    /// Whether the function's process is alive.
-    pub fn is_running(&self, name: &str) -> bool {
-        self.lock().get_mut(name).is_some_and(|p| matches!(p.child.try_wait(), Ok(None)))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Process>> {
-        self.running.lock().expect("functions lock")
-    }
-
-    /// Starts every function and waits until all are ready.
-    pub async fn start_all(&self) -> anyhow::Result<()> {
-        for name in &self.start_order {
-            self.start(name).await?;
-        }
-        Ok(())
-    }
-
-    /// Starts one function and waits for its readiness probe; a function that does not get
-    /// ready is killed.
-    pub async fn start(&self, name: &str) -> anyhow::Result<Duration> {
+    /// Executes one replica of `name` on a free loopback port; [`Functions::wait_ready`] waits
+    /// for it to serve.
+    pub fn exec(&self, name: &str) -> anyhow::Result<Process> {
         let function = self.get(name)?;
         let started = Instant::now();
         std::fs::create_dir_all(&self.log_dir)
             .with_context(|| format!("creating the log folder {}", self.log_dir.display()))?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_file(name))?;
-        let port = if self.private_ports { free_port()? } else { function.port };
-        // Another process on the port would answer the readiness probe in the function's stead.
-        TcpListener::bind(("127.0.0.1", port)).with_context(|| {
-            format!("port {port} of {name} is taken — by a function an earlier runner left behind? (`ss -ltnp 'sport = :{port}'`)")
-        })?;
+        let port = free_port()?;
         let binary = self.bin_dir.join(name);
-        // Calls between functions go to public ports: through the activator in scale-to-zero,
-        // so ingest's first call cold-starts producer as on Knative.
+        // Calls between functions go to public ports, through the activator, so ingest's first
+        // call cold-starts producer as on Knative.
         let child = Command::new(&binary)
             .envs(function.env.iter().cloned())
             .env("PORT", port.to_string())
@@ -169,84 +119,49 @@ impl Functions {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {} (build it with `cargo build`)", binary.display()))?;
-        let pid = child.id();
-        self.events.start(name, pid);
-        self.lock().insert(name.to_owned(), Process { child, port });
-        if let Err(e) = self.wait_ready(function, port, started).await {
-            if let Some(mut process) = self.lock().remove(name) {
-                let _ = process.child.start_kill();
-            }
-            return Err(e);
-        }
-        let took = started.elapsed();
-        self.events.ready(name, pid, took);
-        tracing::info!(function = name, port, ready_ms = took.as_millis() as u64, "Function ready");
-        Ok(took)
+        Ok(Process { pid: child.id(), child, port, started })
     }
 
-    async fn wait_ready(&self, function: &Function, port: u16, started: Instant) -> anyhow::Result<()> {
-        let name = function.service.name.as_str();
-        let url = format!("http://127.0.0.1:{port}{}", function.service.readiness_path);
+    /// Waits for the replica's readiness probe and returns exec → ready; a replica that exits or
+    /// does not get ready in time is killed and the error says where its log is.
+    pub async fn wait_ready(&self, name: &str, process: &mut Process) -> anyhow::Result<Duration> {
+        let function = self.get(name)?;
+        let url = format!("http://127.0.0.1:{}{}", process.port, function.service.readiness_path);
         loop {
-            let exited = self.lock().get_mut(name).and_then(|p| p.child.try_wait().ok().flatten());
-            if let Some(status) = exited {
-                bail!(
-                    "{name} exited with {status} before it was ready; see {}",
-                    self.log_file(name).display()
-                );
+            if let Some(status) = process.exited() {
+                bail!("{name} exited with {status} before it was ready; see {}", self.log_file(name).display());
             }
             if let Ok(r) = self.http.get(&url).timeout(Duration::from_secs(1)).send().await
                 && r.status().is_success()
             {
-                return Ok(());
+                return Ok(process.started.elapsed());
             }
-            if started.elapsed() > READY_TIMEOUT {
+            if process.started.elapsed() > READY_TIMEOUT {
+                process.kill();
                 bail!("{name} was not ready within {READY_TIMEOUT:?}; see {}", self.log_file(name).display());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+}
 
-    /// Restarts every function whose process exited on its own (it is still registered as
-    /// running), as the kubelet restarts a crashed container, until `stop` turns true. A
-    /// function stopped through [`Functions::stop`] or [`Functions::kill`] is not restarted.
-    pub async fn supervise(self: std::sync::Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        loop {
-            tokio::select! {
-                _ = stop.wait_for(|stop| *stop) => return,
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-            }
-            let exited: Vec<(String, std::process::ExitStatus)> = self
-                .lock()
-                .iter_mut()
-                .filter_map(|(name, p)| Some((name.clone(), p.child.try_wait().ok().flatten()?)))
-                .collect();
-            for (name, status) in exited {
-                tracing::warn!(function = %name, %status, "Function exited on its own; restarting it");
-                let pid = self.lock().remove(&name).and_then(|p| p.child.id());
-                self.events.stop(&name, pid);
-                if let Err(e) = self.start(&name).await {
-                    tracing::error!(function = %name, error = format!("{e:#}"), "Restart failed; retrying");
-                }
-            }
-        }
+impl Process {
+    /// The exit status, once the process has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
-    /// SIGKILL, for tests of crashes.
-    pub async fn kill(&self, name: &str) -> anyhow::Result<()> {
-        let mut process = self.lock().remove(name).with_context(|| format!("{name} is not running"))?;
-        process.child.kill().await?;
-        Ok(())
+    /// SIGKILL, without waiting.
+    pub fn kill(&mut self) {
+        let _ = self.child.start_kill();
     }
 
-    /// SIGTERM, then waits for the process to drain and exit.
-    pub async fn stop(&self, name: &str) -> anyhow::Result<()> {
-        let Some(Process { mut child, .. }) = self.lock().remove(name) else { return Ok(()) };
-        let pid = child.id();
-        if let Some(pid) = pid {
+    /// SIGTERM, then waits for the process to drain and exit (SIGKILL if it overruns).
+    pub async fn stop(mut self, name: &str) -> anyhow::Result<()> {
+        if let Some(pid) = self.pid {
             let _ = signal::kill(Pid::from_raw(pid as i32), signal::Signal::SIGTERM);
         }
-        match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
+        match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
             Ok(status) => {
                 let status = status?;
                 if !status.success() {
@@ -255,20 +170,10 @@ impl Functions {
             }
             Err(_) => {
                 tracing::warn!(function = name, "Function did not stop in time, killing it");
-                child.kill().await?;
+                self.child.kill().await?;
             }
         }
-        self.events.stop(name, pid);
         Ok(())
-    }
-
-    /// Stops the functions in reverse start order.
-    pub async fn stop_all(&self) {
-        for name in self.start_order.iter().rev() {
-            if let Err(e) = self.stop(name).await {
-                tracing::warn!(function = name, error = %e, "Stopping failed");
-            }
-        }
     }
 }
 
@@ -289,7 +194,8 @@ fn start_order(services: &[Service]) -> anyhow::Result<Vec<String>> {
     Ok(order)
 }
 
-/// A loopback port free now (the kernel's choice); the function binds it a moment later.
+/// A loopback port free now (the kernel's choice); the function binds it a moment later (and a
+/// process of another run that takes it first fails its readiness probe or its bind).
 fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).context("finding a free loopback port")?;
     Ok(listener.local_addr()?.port())
@@ -316,8 +222,7 @@ mod tests {
             mongodb_uri: "mongodb://127.0.0.1:37017".into(),
             run_id: Some("r1".into()),
         };
-        let functions =
-            Functions::new(&stack, "bin".into(), "log".into(), 9000, false, Events::default()).unwrap();
+        let functions = Functions::new(&stack, "bin".into(), "log".into(), 9000).unwrap();
         let env = |name: &str| functions.get(name).unwrap().env.iter().cloned().collect::<BTreeMap<_, _>>();
         assert_eq!(functions.port("counter").unwrap(), 9002);
         assert_eq!(env("ingest")["PRODUCER_URL"], "http://127.0.0.1:9001");

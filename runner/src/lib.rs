@@ -1,19 +1,21 @@
 //! The local runner plays Knative's part on one machine, and nothing else: it runs the
-//! functions that the `knative/base` Services describe as child processes ([`functions`]) and,
-//! for every KafkaSource there ([`manifests`]), delivers the topic's records to the sink as
-//! KafkaSource does ([`source`], [`record`]). It plays one of the `knative/overlays` ([`Mode`]):
-//! always-on keeps every function running, scale-to-zero puts the [`activator`] in front of
-//! them; scaling goes to [`events`]. [`Stack`] says where a run's data lives — the tools crate
-//! reads the same.
+//! functions that the `knative/base` Services describe as child processes ([`functions`]) behind
+//! an [`activator`] that scales each between min-scale and max-scale replicas as Knative's
+//! [`autoscaler`] decides and, for every KafkaSource there ([`manifests`]), delivers the topic's
+//! records to the sink as KafkaSource does ([`source`], [`record`]). It plays one of the
+//! `knative/overlays` ([`Mode`]): always-on keeps at least one replica of every function,
+//! scale-to-zero stops the last one when idle; scaling goes to [`events`]. [`Stack`] says
+//! where a run's data lives — the tools crate reads the same.
 
 pub mod activator;
+pub mod autoscaler;
 pub mod events;
 pub mod functions;
 pub mod manifests;
 pub mod record;
 pub mod source;
 
-use activator::Activator;
+use activator::{Activator, Policy};
 use anyhow::{Context, bail};
 use events::{Events, ScaleEvent};
 use functions::Functions;
@@ -206,15 +208,20 @@ pub struct Options {
     #[arg(long, env = "RUNNER_MODE", value_enum, default_value_t = Mode::AlwaysOn)]
     pub mode: Mode,
     /// Folder of the Knative overlays (default: `overlays` beside the manifests' folder); the
-    /// mode's `<mode>/kustomization.yaml` gives min-scale and the scale-to-zero retention period.
+    /// mode's `<mode>/kustomization.yaml` gives the autoscaling annotations (target, min-scale,
+    /// max-scale, window, the scale-to-zero retention period…).
     #[arg(long, env = "RUNNER_OVERLAYS")]
     pub overlays: Option<PathBuf>,
     /// Idle period before a function is stopped in scale-to-zero mode, in milliseconds;
     /// overrides the overlay's scale-to-zero-pod-retention-period.
     #[arg(long, env = "RUNNER_IDLE_PERIOD_MS")]
     pub idle_period_ms: Option<u64>,
-    /// File for the scaling events (start, ready, stop, cold_start) as JSON lines; created or
-    /// truncated at start.
+    /// Overrides the overlay's stable window (`autoscaling.knative.dev/window`), in
+    /// milliseconds: tests see a scale-down in seconds with it.
+    #[arg(long, env = "RUNNER_STABLE_WINDOW_MS")]
+    pub stable_window_ms: Option<u64>,
+    /// File for the scaling events (start, ready, stop, cold_start, scale) as JSON lines;
+    /// created or truncated at start.
     #[arg(long, env = "RUNNER_EVENTS")]
     pub events: Option<PathBuf>,
     /// Overrides every KafkaSource's `delivery.backoffDelay`, in milliseconds: tests shrink the
@@ -237,38 +244,41 @@ pub struct Runner {
     pub functions: Arc<Functions>,
     pub sources: Vec<Source>,
     pub options: Options,
-    /// Scale-to-zero only: how long a function may idle before it is stopped.
-    pub idle_period: Option<Duration>,
+    /// How the functions scale (the overlay's annotations, the idle period in scale-to-zero).
+    pub policy: Policy,
     activator: Option<Activator>,
-    /// Always-on: restarts functions that crash.
-    supervisor: Option<tokio::task::JoinHandle<()>>,
     /// `GET /metrics` of the runner itself, on the port after the functions'.
     metrics: tokio::task::JoinHandle<()>,
     events: Events,
     shutdown: watch::Sender<bool>,
 }
 
-/// The idle period of `options`' mode, from its overlay (or `--idle-period-ms`); `None` when the
-/// overlay keeps every function running. Fails when the overlay does not match the mode's name.
-pub fn idle_period(options: &Options) -> anyhow::Result<Option<Duration>> {
+/// How `options`' mode scales the functions: its overlay's annotations (the stable window
+/// overridden by `--stable-window-ms`) and, in scale-to-zero, the idle period (the retention
+/// period, or `--idle-period-ms`). Fails when the overlay does not match the mode's name.
+pub fn policy(options: &Options) -> anyhow::Result<Policy> {
     let overlays = options.overlays.clone().unwrap_or_else(|| options.stack.manifests.join("../overlays"));
     let path = overlays.join(options.mode.to_string()).join("kustomization.yaml");
-    let scaling = manifests::scaling(&path)?;
-    match (options.mode, scaling.min_scale) {
-        (Mode::AlwaysOn, 0) => bail!("{} sets min-scale 0, which is not always-on", path.display()),
-        (Mode::AlwaysOn, _) => Ok(None),
-        (Mode::ScaleToZero, 0) => Ok(Some(
-            options.idle_period_ms.map(Duration::from_millis).or(scaling.retention).unwrap_or(STABLE_WINDOW),
-        )),
-        (Mode::ScaleToZero, n) => bail!("{} sets min-scale {n}, which never scales to zero", path.display()),
+    let mut scaling = manifests::scaling(&path)?;
+    if let Some(ms) = options.stable_window_ms {
+        scaling.stable_window = Duration::from_millis(ms);
     }
+    let idle = match (options.mode, scaling.min_scale) {
+        (Mode::AlwaysOn, 0) => bail!("{} sets min-scale 0, which is not always-on", path.display()),
+        (Mode::AlwaysOn, _) => None,
+        (Mode::ScaleToZero, 0) => Some(
+            options.idle_period_ms.map(Duration::from_millis).or(scaling.retention).unwrap_or(STABLE_WINDOW),
+        ),
+        (Mode::ScaleToZero, n) => bail!("{} sets min-scale {n}, which never scales to zero", path.display()),
+    };
+    Ok(Policy { scaling, idle })
 }
 
 impl Runner {
-    /// Creates the topics if needed, starts the functions (or, scale-to-zero, the activator in
-    /// front of them), then the sources.
+    /// Creates the topics if needed, starts the activator (and, always-on, every function's
+    /// first replicas), then the sources.
     pub async fn start(options: Options) -> anyhow::Result<Runner> {
-        let idle_period = idle_period(&options)?;
+        let policy = policy(&options)?;
         let mut sources = options.stack.kafka_sources()?;
         if let Some(ms) = options.backoff_delay_ms {
             sources.iter_mut().for_each(|s| s.delivery.backoff_delay = Duration::from_millis(ms));
@@ -283,25 +293,13 @@ impl Runner {
         create_topics(&options.stack.kafka_brokers, &topics).await?;
 
         let events = Events::new(options.events.as_deref())?;
-        let functions = Functions::new(
-            &options.stack,
-            options.bin_dir()?,
-            options.log_dir.clone(),
-            options.base_port,
-            idle_period.is_some(),
-            events.clone(),
-        )?;
-        let functions = Arc::new(functions);
-        let activator = match idle_period {
-            Some(idle) => Some(Activator::start(functions.clone(), events.clone(), idle).await?),
-            None => {
-                if let Err(e) = functions.start_all().await {
-                    functions.stop_all().await;
-                    return Err(e);
-                }
-                None
-            }
-        };
+        let functions =
+            Arc::new(Functions::new(&options.stack, options.bin_dir()?, options.log_dir.clone(), options.base_port)?);
+        let activator = Activator::start(functions.clone(), events.clone(), policy).await?;
+        if let Err(e) = activator.scale_to_min().await {
+            activator.stop().await;
+            return Err(e);
+        }
 
         let (shutdown, stop) = watch::channel(false);
         let metrics_port = options.base_port + functions.all().len() as u16;
@@ -315,14 +313,12 @@ impl Runner {
                 tracing::warn!(error = %e, "Serving the runner's metrics failed");
             }
         });
-        let supervisor = activator.is_none().then(|| tokio::spawn(functions.clone().supervise(stop.clone())));
         let mut runner = Runner {
             functions,
             sources: Vec::new(),
             options,
-            idle_period,
-            activator,
-            supervisor,
+            policy,
+            activator: Some(activator),
             metrics,
             events,
             shutdown,
@@ -362,9 +358,28 @@ impl Runner {
         Ok(())
     }
 
-    /// Names of the function processes alive now.
+    fn activator(&self) -> &Activator {
+        self.activator.as_ref().expect("the activator runs until Runner::stop")
+    }
+
+    /// Names of the functions with a process alive now, in start order.
     pub fn running_functions(&self) -> Vec<String> {
-        self.functions.running()
+        self.activator().running()
+    }
+
+    /// Processes of `function` alive now.
+    pub fn replicas(&self, function: &str) -> u32 {
+        self.activator().replicas(function)
+    }
+
+    /// URLs of `function`'s ready replicas, each its own process (not through the activator).
+    pub fn replica_urls(&self, function: &str) -> Vec<String> {
+        self.activator().replica_ports(function).iter().map(|p| format!("http://127.0.0.1:{p}")).collect()
+    }
+
+    /// SIGKILL to every replica of `function`, as a crash (the activator replaces them).
+    pub fn kill(&self, function: &str) -> anyhow::Result<()> {
+        self.activator().kill(function)
     }
 
     /// Every scaling event so far (also in `--events`).
@@ -399,21 +414,17 @@ impl Runner {
             .sum()
     }
 
-    /// Stops the sources first (they commit what was delivered), then the activator or the
-    /// supervisor (no new starts), then the functions.
+    /// Stops the sources first (they commit what was delivered), then the activator, which
+    /// stops the functions.
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
         for source in self.sources.drain(..) {
             source.stop().await;
         }
+        let _ = (&mut self.metrics).await;
         if let Some(activator) = self.activator.take() {
             activator.stop().await;
         }
-        if let Some(supervisor) = self.supervisor.take() {
-            let _ = supervisor.await;
-        }
-        let _ = (&mut self.metrics).await;
-        self.functions.stop_all().await;
     }
 }
 

@@ -28,10 +28,17 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let Command::Up(options) = cli.command;
     let runner = Runner::start(options).await?;
-    let mode = match runner.idle_period {
-        Some(idle) => format!("{}, idle period {} ms", runner.options.mode, idle.as_millis()),
-        None => runner.options.mode.to_string(),
-    };
+    let scaling = runner.policy.scaling;
+    let mut mode = format!(
+        "{}, {}…{} replicas, target {} in flight",
+        runner.options.mode,
+        scaling.min_scale,
+        if scaling.max_scale == 0 { "∞".to_owned() } else { scaling.max_scale.to_string() },
+        scaling.target
+    );
+    if let Some(idle) = runner.policy.idle {
+        mode += &format!(", idle period {} ms", idle.as_millis());
+    }
     let urls: Vec<String> =
         runner.functions.all().iter().map(|f| format!("{} on :{}", f.service.name, f.port)).collect();
     println!("Pipeline up ({mode}): {}; Ctrl-C stops it.", urls.join(", "));

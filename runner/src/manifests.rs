@@ -123,6 +123,8 @@ pub struct Service {
     pub env: Vec<EnvVar>,
     /// `readinessProbe.httpGet.path` (Knative's default `/`).
     pub readiness_path: String,
+    /// `containerConcurrency`: at most this many requests in flight per replica (0: no limit).
+    pub container_concurrency: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -177,8 +179,11 @@ struct PodTemplate {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct PodSpec {
     containers: Vec<Container>,
+    #[serde(default)]
+    container_concurrency: u32,
 }
 
 #[derive(Deserialize)]
@@ -285,6 +290,7 @@ fn service(r: &Resource) -> anyhow::Result<Service> {
             .and_then(|p| p.http_get.as_ref())
             .and_then(|h| h.path.clone())
             .unwrap_or_else(|| "/".into()),
+        container_concurrency: spec.template.spec.container_concurrency,
     })
 }
 
@@ -406,20 +412,49 @@ fn read_file(path: &Path) -> anyhow::Result<Vec<(PathBuf, Resource)>> {
         .collect()
 }
 
-/// How an overlay scales the Knative Services, from its strategic-merge patch's annotations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How an overlay scales the Knative Services, from its strategic-merge patch's annotations;
+/// what it does not set takes the default of Knative 1.23's `config-autoscaler`.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Scaling {
-    /// `autoscaling.knative.dev/min-scale` (Knative's default 0).
+    /// `autoscaling.knative.dev/min-scale` (default 0).
     pub min_scale: u32,
+    /// `autoscaling.knative.dev/max-scale` (default 0: no bound).
+    pub max_scale: u32,
     /// `autoscaling.knative.dev/scale-to-zero-pod-retention-period`, if the overlay sets it.
     pub retention: Option<Duration>,
+    /// `autoscaling.knative.dev/target`: requests in flight per replica (default 100).
+    pub target: f64,
+    /// `autoscaling.knative.dev/target-utilization-percentage` (default 70).
+    pub target_utilization: f64,
+    /// `autoscaling.knative.dev/window`, the stable window (default 60 s).
+    pub stable_window: Duration,
+    /// `autoscaling.knative.dev/panic-window-percentage`: the panic window as a share of the
+    /// stable window (default 10).
+    pub panic_window_percentage: f64,
+    /// `autoscaling.knative.dev/panic-threshold-percentage` (default 200).
+    pub panic_threshold_percentage: f64,
 }
 
-const MIN_SCALE: &str = "autoscaling.knative.dev/min-scale";
-const RETENTION: &str = "autoscaling.knative.dev/scale-to-zero-pod-retention-period";
+impl Default for Scaling {
+    fn default() -> Scaling {
+        Scaling {
+            min_scale: 0,
+            max_scale: 0,
+            retention: None,
+            target: 100.0,
+            target_utilization: 70.0,
+            stable_window: Duration::from_secs(60),
+            panic_window_percentage: 10.0,
+            panic_threshold_percentage: 200.0,
+        }
+    }
+}
+
+const PREFIX: &str = "autoscaling.knative.dev/";
 
 /// The scaling annotations that `kustomization` patches into every Knative Service (later
-/// patches win, as kustomize applies them in order).
+/// patches win, as kustomize applies them in order). Values out of the ranges Knative's webhook
+/// admits are errors, and so is a metric other than concurrency (the runner measures only that).
 pub fn scaling(kustomization: &Path) -> anyhow::Result<Scaling> {
     let text = std::fs::read_to_string(kustomization)
         .with_context(|| format!("reading {}", kustomization.display()))?;
@@ -439,21 +474,56 @@ pub fn scaling(kustomization: &Path) -> anyhow::Result<Scaling> {
             annotations.extend(found.clone());
         }
     }
-    let text_of = |key: &str| -> anyhow::Result<Option<String>> {
-        match annotations.get(key) {
-            None => Ok(None),
-            Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => bail!("{key} is {other}, not a string, in {}", kustomization.display()),
+    let mut scaling = Scaling::default();
+    for (key, value) in &annotations {
+        let Some(name) = key.strip_prefix(PREFIX) else { continue };
+        let serde_json::Value::String(value) = value else {
+            bail!("{key} is {value}, not a string, in {}", kustomization.display());
+        };
+        scaling
+            .set(name, value)
+            .with_context(|| format!("{key}: {value:?} in {}", kustomization.display()))?;
+    }
+    if scaling.max_scale != 0 && scaling.max_scale < scaling.min_scale {
+        bail!("max-scale {} is below min-scale {} in {}", scaling.max_scale, scaling.min_scale, kustomization.display());
+    }
+    Ok(scaling)
+}
+
+impl Scaling {
+    fn set(&mut self, name: &str, value: &str) -> anyhow::Result<()> {
+        let number = |low: f64, high: f64| -> anyhow::Result<f64> {
+            let n: f64 = value.parse().context("not a number")?;
+            anyhow::ensure!((low..=high).contains(&n), "must be within {low}..={high}");
+            Ok(n)
+        };
+        match name {
+            "min-scale" => self.min_scale = value.parse().context("not a count")?,
+            "max-scale" => self.max_scale = value.parse().context("not a count")?,
+            "scale-to-zero-pod-retention-period" => self.retention = Some(go_duration(value)?),
+            "target" => self.target = number(0.01, f64::MAX)?,
+            "target-utilization-percentage" => self.target_utilization = number(1.0, 100.0)?,
+            "window" => {
+                let window = go_duration(value)?;
+                anyhow::ensure!(
+                    (Duration::from_secs(6)..=Duration::from_secs(3600)).contains(&window),
+                    "must be within 6s..1h"
+                );
+                self.stable_window = window;
+            }
+            "panic-window-percentage" => self.panic_window_percentage = number(1.0, 100.0)?,
+            "panic-threshold-percentage" => self.panic_threshold_percentage = number(110.0, 1000.0)?,
+            "metric" => anyhow::ensure!(value == "concurrency", "the runner scales on concurrency only"),
+            "class" => anyhow::ensure!(
+                value == "kpa.autoscaling.knative.dev",
+                "the runner plays Knative's KPA only"
+            ),
+            // initial-scale, activation-scale, scale-down-delay, target-burst-capacity…: the
+            // runner does not play them (README, "The local runner").
+            _ => {}
         }
-    };
-    let min_scale = match text_of(MIN_SCALE)? {
-        None => 0,
-        Some(s) => s.parse().with_context(|| format!("{MIN_SCALE} {s:?} in {}", kustomization.display()))?,
-    };
-    let retention = text_of(RETENTION)?
-        .map(|s| go_duration(&s).with_context(|| format!("{RETENTION} in {}", kustomization.display())))
-        .transpose()?;
-    Ok(Scaling { min_scale, retention })
+        Ok(())
+    }
 }
 
 /// A Go duration as Knative's annotations write it (`30s`, `1m30s`, `500ms`, `0s`).
@@ -647,9 +717,43 @@ mod tests {
     fn reads_the_project_overlays() {
         let overlays = Path::new(env!("CARGO_MANIFEST_DIR")).join("../knative/overlays");
         let on = scaling(&overlays.join("always-on/kustomization.yaml")).unwrap();
-        assert_eq!(on, Scaling { min_scale: 1, retention: None });
         let zero = scaling(&overlays.join("scale-to-zero/kustomization.yaml")).unwrap();
-        assert_eq!(zero, Scaling { min_scale: 0, retention: Some(Duration::from_secs(30)) });
+        assert_eq!((on.min_scale, zero.min_scale), (1, 0));
+        assert_eq!((on.retention, zero.retention), (None, Some(Duration::from_secs(30))));
+        // Everything else is the same in both modes.
+        assert_eq!(Scaling { min_scale: 0, retention: None, ..on }, Scaling { retention: None, ..zero });
+        assert!(on.max_scale >= 2 && on.target < 100.0, "{on:?}");
+    }
+
+    #[test]
+    fn scaling_annotations_outside_knatives_ranges_are_errors() {
+        let dir = std::env::temp_dir().join(format!("overlay-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("kustomization.yaml");
+        let overlay = |annotations: &str| {
+            let patch = format!(
+                "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: x\nspec:\n  template:\n    metadata:\n      annotations:\n{annotations}"
+            );
+            let doc = serde_json::json!({"resources": ["../base"], "patches": [{"patch": patch}]});
+            std::fs::write(&path, serde_json::to_string(&doc).unwrap()).unwrap();
+            scaling(&path)
+        };
+        let ok = overlay("        autoscaling.knative.dev/target: \"7.5\"\n        autoscaling.knative.dev/window: 20s\n").unwrap();
+        assert_eq!((ok.target, ok.stable_window), (7.5, Duration::from_secs(20)));
+        assert_eq!(ok.panic_threshold_percentage, 200.0);
+        for bad in [
+            "autoscaling.knative.dev/min-scale: \"-1\"",
+            "autoscaling.knative.dev/scale-to-zero-pod-retention-period: thirty",
+            "autoscaling.knative.dev/window: 5s",
+            "autoscaling.knative.dev/target: \"0\"",
+            "autoscaling.knative.dev/panic-threshold-percentage: \"100\"",
+            "autoscaling.knative.dev/metric: rps",
+            "autoscaling.knative.dev/min-scale: \"3\"\n        autoscaling.knative.dev/max-scale: \"2\"",
+        ] {
+            let err = overlay(&format!("        {bad}\n")).unwrap_err();
+            assert!(format!("{err:#}").contains("autoscaling") || format!("{err:#}").contains("scale"), "{bad}: {err:#}");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -5,11 +5,15 @@
 use crate::{
     load::LoadArgs,
     pipeline::{Pipeline, PipelineArgs},
+    scrape::{Scrape, quantile},
     state::{Audit, State, jaeger},
 };
-use runner::Stack;
+use runner::{
+    Stack,
+    events::{EventKind, ScaleEvent},
+};
 use serde::Serialize;
-use std::{path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
@@ -41,6 +45,10 @@ pub struct Summary {
     pub p99_ms: f64,
     pub top_countries: Vec<(String, i64)>,
     pub top_climas: Vec<(String, i64)>,
+    /// The most processes each function had at once (the runner's scaling events).
+    pub max_replicas: BTreeMap<String, u32>,
+    /// Requests that waited for a function to start, per function.
+    pub cold_starts: BTreeMap<String, usize>,
     /// The trace id of one archived tweet, when the functions exported traces.
     pub trace_example: Option<String>,
 }
@@ -69,6 +77,14 @@ impl Summary {
         line("latency", format!("p50 {} ms, p99 {} ms (POST /input, Locust)", self.p50_ms, self.p99_ms));
         let top =
             |v: &[(String, i64)]| v.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ");
+        let per_function = |m: Vec<(&String, String)>| {
+            m.into_iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+        };
+        line(
+            "replicas (max)",
+            per_function(self.max_replicas.iter().map(|(k, v)| (k, v.to_string())).collect()),
+        );
+        line("cold starts", per_function(self.cold_starts.iter().map(|(k, v)| (k, v.to_string())).collect()));
         line("top countries", top(&self.top_countries));
         line("top conditions", top(&self.top_climas));
         if let Some(trace) = &self.trace_example {
@@ -87,11 +103,15 @@ pub async fn run(stack: &Stack, args: DemoArgs) -> anyhow::Result<Summary> {
     println!("Resetting topics, counters and archive…");
     state.reset().await?;
     println!("Starting the functions and the KafkaSources (logs in {})…", args.pipeline.log_dir.display());
-    let pipeline = Pipeline::start(stack, &args.pipeline, &[]).await?;
+    std::fs::create_dir_all(&args.out)?;
+    let events = args.out.join("events.jsonl");
+    let events_arg = events.to_string_lossy().into_owned();
+    let pipeline = Pipeline::start(stack, &args.pipeline, &["--events", &events_arg]).await?;
     println!("Locust: {} (its output: {})…", args.load.describe(), args.out.join("locust.log").display());
     let result = burst(&state, &pipeline, &args).await;
     pipeline.stop().await;
     let stats = result?;
+    let (max_replicas, cold_starts) = scaling(&events)?;
 
     let snapshot = state.snapshot().await?;
     let top = |map: &std::collections::BTreeMap<String, i64>| {
@@ -115,6 +135,8 @@ pub async fn run(stack: &Stack, args: DemoArgs) -> anyhow::Result<Summary> {
         p99_ms: stats.percentile(0.99),
         top_countries: top(&snapshot.counted.countries),
         top_climas: top(&snapshot.counted.climas),
+        max_replicas,
+        cold_starts,
         trace_example,
     };
     std::fs::write(args.out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
@@ -135,6 +157,25 @@ pub async fn run(stack: &Stack, args: DemoArgs) -> anyhow::Result<Summary> {
     Ok(summary)
 }
 
+/// The most replicas each function had and the cold starts per function, from the runner's
+/// scaling events.
+fn scaling(events: &std::path::Path) -> anyhow::Result<(BTreeMap<String, u32>, BTreeMap<String, usize>)> {
+    let text = std::fs::read_to_string(events)?;
+    let (mut max, mut cold) = (BTreeMap::new(), BTreeMap::new());
+    for line in text.lines() {
+        let event: ScaleEvent = serde_json::from_str(line)?;
+        if let Some(n) = event.replicas {
+            let most = max.entry(event.function.clone()).or_insert(0);
+            *most = n.max(*most);
+        }
+        let cold = cold.entry(event.function).or_insert(0);
+        if event.event == EventKind::ColdStart {
+            *cold += 1;
+        }
+    }
+    Ok((max, cold))
+}
+
 /// The Locust burst with a live line every second, then the wait for the sinks.
 async fn burst(
     state: &State,
@@ -142,19 +183,37 @@ async fn burst(
     args: &DemoArgs,
 ) -> anyhow::Result<crate::load::LocustStats> {
     let started = std::time::Instant::now();
+    let client = reqwest::Client::new();
+    let metrics_url = pipeline.metrics_url()?;
     let mut locust = args.load.spawn(&pipeline.ingest_url(), &args.out)?;
+    let functions: Vec<String> = pipeline.stack.services()?.into_iter().map(|s| s.name).collect();
+    let mut last = Scrape::default();
+    println!("  time  sent       accepted/s  counted    archived   lag      replicas (ingest producer counter archiver)  p99");
     while locust.running() {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if let Ok(s) = state.snapshot().await {
-            println!(
-                "  {:>4} s  in Kafka {:>7}  counted {:>7}  archived {:>7}  lag {:>6}",
-                started.elapsed().as_secs(),
-                s.in_kafka,
-                s.counted.total,
-                s.archived,
-                s.lag
-            );
-        }
+        let (Ok(s), Ok(now)) = (state.snapshot().await, Scrape::get(&client, &metrics_url).await) else { continue };
+        let ingest = [("service", "ingest")];
+        let accepted = |m: &Scrape| m.sum("weather_runner_requests_total", &[("service", "ingest"), ("status", "202")]);
+        let replicas = now.by("weather_runner_replicas", "service", &[]);
+        let replicas: Vec<String> =
+            functions.iter().map(|f| replicas.get(f).map_or("0".into(), |n| n.to_string())).collect();
+        let p99 = quantile(
+            0.99,
+            &last.buckets("weather_runner_request_duration_seconds", &ingest),
+            &now.buckets("weather_runner_request_duration_seconds", &ingest),
+        );
+        println!(
+            "  {:>4}s {:<10} {:<11} {:<10} {:<10} {:<8} {:<45} {}",
+            started.elapsed().as_secs(),
+            now.sum("weather_runner_requests_total", &ingest),
+            accepted(&now) - accepted(&last),
+            s.counted.total,
+            s.archived,
+            s.lag,
+            replicas.join(" "),
+            p99.map_or("–".into(), |p| format!("{:.0} ms", p * 1000.0)),
+        );
+        last = now;
     }
     let stats = locust.finish().await?;
     println!(

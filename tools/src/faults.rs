@@ -199,7 +199,7 @@ async fn scenario(stack: &Stack, args: &FaultArgs, name: &str) -> anyhow::Result
             let signal = if name.contains("sigterm") { Signal::SIGTERM } else { Signal::SIGKILL };
             let mut t = Trial::start(stack, args, name, &[]).await?;
             t.post(0..a).await?;
-            let functions = t.pipeline.pids();
+            let functions = t.pipeline.processes();
             t.pipeline.signal(signal)?;
             t.pipeline.wait(Duration::from_secs(40)).await?;
             // A killed runner leaves its functions behind (they are its children, not bound to
@@ -237,12 +237,12 @@ async fn scenario(stack: &Stack, args: &FaultArgs, name: &str) -> anyhow::Result
             let log = std::fs::read_to_string(pipeline.log_file()).unwrap_or_default();
             pipeline.stop().await;
             let restarted = log.lines().any(|l| {
-                l.contains("exited on its own; restarting")
+                l.contains("exited on its own; replacing it")
                     && l.contains(&format!("\"function\":\"{function}\""))
             });
             let failed = [
                 row.failed_checks.clone(),
-                check(restarted, &format!("the runner never restarted {function}")),
+                check(restarted, &format!("the runner never replaced {function}")),
             ];
             Ok(Row { failed_checks: failed.concat(), ..row })
         }

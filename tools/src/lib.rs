@@ -2,7 +2,7 @@
 //! Knative: [`demo`] (the README's first command), [`bench`] (`make bench`), [`faults`] (`make
 //! faults`), [`replay`] (dead letters back to their sink). They run `runner up` as a child
 //! ([`pipeline`]), drive Locust ([`load`]) and read the pipeline's state in one place
-//! ([`state`]).
+//! ([`state`]), the runner's own metrics in another ([`scrape`]).
 
 pub mod bench;
 pub mod demo;
@@ -10,4 +10,5 @@ pub mod faults;
 pub mod load;
 pub mod pipeline;
 pub mod replay;
+pub mod scrape;
 pub mod state;

@@ -79,6 +79,13 @@ impl Pipeline {
         self.url(0)
     }
 
+    /// The runner's own `/metrics` (replicas, the activator's requests), on the port after the
+    /// functions'.
+    pub fn metrics_url(&self) -> anyhow::Result<String> {
+        let functions = self.stack.services()?.len() as u16;
+        Ok(format!("{}/metrics", self.url(functions)))
+    }
+
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let client = reqwest::Client::new();
         let url = format!("{}/health/readiness", self.ingest_url());
@@ -116,13 +123,20 @@ impl Pipeline {
         self.child.id()
     }
 
-    /// The runner and its function processes, by name (`runner`, `ingest`, …).
+    /// The runner and its function processes, by name (`runner`, `ingest`, …), one process of
+    /// each (the last found when a function has several replicas; [`Pipeline::processes`] has all).
     pub fn pids(&self) -> BTreeMap<String, u32> {
-        let mut pids = BTreeMap::new();
+        self.processes().into_iter().collect()
+    }
+
+    /// The runner (`runner`) and every function process it runs, each replica its own entry
+    /// (a name repeats while a function has several replicas).
+    pub fn processes(&self) -> Vec<(String, u32)> {
+        let mut processes = Vec::new();
         if let Some(pid) = self.child.id() {
-            pids.insert("runner".to_owned(), pid);
-            // Each thread's children are listed under its own task: a function the supervisor
-            // restarted was spawned by a worker thread, not the main one.
+            processes.push(("runner".to_owned(), pid));
+            // Each thread's children are listed under its own task: a replica started by a
+            // worker thread is not the main thread's child.
             let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
             let children: String = tasks
                 .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
@@ -130,11 +144,11 @@ impl Pipeline {
                 .join(" ");
             for child in children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
                 if let Ok(name) = std::fs::read_to_string(format!("/proc/{child}/comm")) {
-                    pids.insert(name.trim().to_owned(), child);
+                    processes.push((name.trim().to_owned(), child));
                 }
             }
         }
-        pids
+        processes
     }
 
     /// Sends `signal` to the runner itself (its functions are its children and go on running
@@ -145,10 +159,15 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Sends `signal` to one function process.
+    /// Sends `signal` to every process (replica) of a function.
     pub fn signal_function(&self, name: &str, signal: Signal) -> anyhow::Result<()> {
-        let pid = *self.pids().get(name).with_context(|| format!("{name} is not running"))?;
-        nix::sys::signal::kill(Pid::from_raw(pid as i32), signal)?;
+        let pids: Vec<u32> = self.processes().into_iter().filter(|(n, _)| n == name).map(|(_, p)| p).collect();
+        if pids.is_empty() {
+            bail!("{name} is not running");
+        }
+        for pid in pids {
+            nix::sys::signal::kill(Pid::from_raw(pid as i32), signal)?;
+        }
         Ok(())
     }
 

@@ -50,6 +50,18 @@ pub struct Dependency {
     pub dependency: &'static str,
 }
 
+/// The runner's per-function series: `service` is a Service of the manifests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceStatus {
+    pub service: String,
+    pub status: u16,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub http_requests: Family<HttpLabels, Counter>,
@@ -62,6 +74,10 @@ pub struct Metrics {
     pub dependency_errors: Family<Dependency, Counter>,
     pub start_to_ready: Gauge<f64, AtomicU64>,
     pub dead_letters_refused: Counter,
+    pub replicas: Family<ServiceLabels, Gauge>,
+    pub desired_replicas: Family<ServiceLabels, Gauge>,
+    pub activator_requests: Family<ServiceStatus, Counter>,
+    pub activator_duration: Family<ServiceLabels, Histogram>,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -86,6 +102,10 @@ impl Metrics {
             dependency_errors: Family::default(),
             start_to_ready: Gauge::default(),
             dead_letters_refused: Counter::default(),
+            replicas: Family::default(),
+            desired_replicas: Family::default(),
+            activator_requests: Family::default(),
+            activator_duration: Family::new_with_constructor(latency),
             registry: Registry::default(),
         };
         registry.register(
@@ -138,6 +158,26 @@ impl Metrics {
             "Records skipped because Kafka refused their dead letter for good (runner)",
             m.dead_letters_refused.clone(),
         );
+        registry.register(
+            "weather_runner_replicas",
+            "Processes of a function alive, starting or draining (runner)",
+            m.replicas.clone(),
+        );
+        registry.register(
+            "weather_runner_desired_replicas",
+            "Replicas of a function the autoscaler wants (runner)",
+            m.desired_replicas.clone(),
+        );
+        registry.register(
+            "weather_runner_requests",
+            "Requests the activator answered, by function and status (runner)",
+            m.activator_requests.clone(),
+        );
+        registry.register(
+            "weather_runner_request_duration_seconds",
+            "Time from a request's arrival at the activator to its response headers (runner)",
+            m.activator_duration.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -147,6 +187,12 @@ impl Metrics {
 
     pub fn dead_letter_refused(&self) {
         self.dead_letters_refused.inc();
+    }
+
+    /// A request the activator answered; `service` is a function of the manifests, `status`
+    /// one a function (or the activator) gave.
+    pub fn activator_request(&self, service: &str, status: u16) {
+        self.activator_requests.get_or_create(&ServiceStatus { service: service.to_owned(), status }).inc();
     }
 
     pub fn dependency_error(&self, dependency: &'static str) {

@@ -43,6 +43,7 @@ fn options() -> Options {
         mode: runner::Mode::AlwaysOn,
         overlays: None,
         idle_period_ms: None,
+        stable_window_ms: None,
         events: None,
         backoff_delay_ms: None,
     }
@@ -131,19 +132,21 @@ fn database(options: &Options) -> String {
     options.stack.env_of("archiver", "MONGODB_DATABASE").unwrap()
 }
 
-/// The value of the first sample of `/metrics` of `function` whose line starts with `series`.
+/// The value of the first sample of `/metrics` whose line starts with `series`, summed over
+/// every replica of `function`.
 async fn metric(runner: &Runner, function: &str, series: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", runner.functions.url(function).unwrap()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with(series))
-        .unwrap_or_else(|| panic!("{function}: no {series}\n{text}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
+    let urls = runner.replica_urls(function);
+    assert!(!urls.is_empty(), "{function} has no replica");
+    let mut sum = 0.0;
+    for url in urls {
+        let text = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(series))
+            .unwrap_or_else(|| panic!("{function}: no {series}\n{text}"));
+        sum += line.rsplit(' ').next().unwrap().parse::<f64>().unwrap();
+    }
+    sum
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -182,9 +185,14 @@ async fn every_event_delivered_twice_still_counts_once() {
 async fn counter_killed_mid_burst_loses_and_doubles_nothing() {
     let runner = Runner::start(options()).await.expect("runner starts");
     post(&runner, 0..100).await;
-    runner.functions.kill("counter").await.unwrap();
+    runner.kill("counter").unwrap();
     post(&runner, 100..200).await;
-    runner.functions.start("counter").await.expect("counter restarts");
+    // The activator replaced it, as the kubelet would.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while runner.replica_urls("counter").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "counter was not replaced");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     post(&runner, 200..300).await;
     assert_exact(&runner, 300).await;
     clean(&runner.options).await;

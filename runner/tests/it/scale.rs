@@ -1,6 +1,7 @@
 //! The two modes of the energy experiment: scale-to-zero (the activator starts a function on its
 //! first request, holds it until ready, stops the function when idle) and always-on (every
-//! function runs the whole time), with their scaling events.
+//! function runs the whole time), with their scaling events; and a burst over the autoscaler's
+//! target, which scales the loaded function out and, a stable window later, back in.
 
 use crate::{assert_exact, clean, options, post};
 use runner::{
@@ -86,7 +87,7 @@ fn assert_file_matches(options: &Options, events: &[ScaleEvent]) {
 async fn scale_to_zero_starts_on_demand_and_stops_when_idle() {
     let options = mode_options(Mode::ScaleToZero);
     let runner = Runner::start(options.clone()).await.expect("runner starts");
-    assert_eq!(runner.idle_period, Some(Duration::from_millis(IDLE_MS)));
+    assert_eq!(runner.policy.idle, Some(Duration::from_millis(IDLE_MS)));
 
     // (a) Nothing runs before the first request.
     assert!(runner.running_functions().is_empty(), "{:?}", runner.running_functions());
@@ -149,7 +150,7 @@ async fn scale_to_zero_starts_on_demand_and_stops_when_idle() {
 async fn always_on_keeps_every_function_running_and_has_no_cold_start() {
     let options = mode_options(Mode::AlwaysOn);
     let runner = Runner::start(options.clone()).await.expect("runner starts");
-    assert_eq!(runner.idle_period, None, "always-on ignores the idle period");
+    assert_eq!(runner.policy.idle, None, "always-on ignores the idle period");
     assert_eq!(runner.running_functions().len(), 4);
     let pids: Vec<u32> =
         runner.events().iter().filter(|e| e.event == EventKind::Start).filter_map(|e| e.pid).collect();
@@ -176,7 +177,7 @@ async fn always_on_keeps_every_function_running_and_has_no_cold_start() {
 
     let events = runner.events();
     assert!(events.iter().all(|e| e.event != EventKind::ColdStart), "{events:#?}");
-    assert_eq!(events.iter().filter(|e| e.event == EventKind::Start).count(), 4, "no restart");
+    assert!(events.iter().all(|e| e.event != EventKind::Stop), "nothing stopped while running: {events:#?}");
     for name in names(&options) {
         let name = name.as_str();
         assert!(of(&events, EventKind::Ready, name)[0].ready_ms.is_some_and(|ms| ms > 0.0));
@@ -190,8 +191,96 @@ async fn always_on_keeps_every_function_running_and_has_no_cold_start() {
         .filter(|e| e.event == EventKind::Stop)
         .collect();
     let mut stopped: Vec<u32> = stops.iter().filter_map(|e| e.pid).collect();
-    let mut started = pids;
+    let mut started: Vec<u32> = events
+        .lines()
+        .map(|l| serde_json::from_str::<ScaleEvent>(l).unwrap())
+        .filter(|e| e.event == EventKind::Start)
+        .filter_map(|e| e.pid)
+        .collect();
+    assert!(pids.iter().all(|p| started.contains(p)));
     stopped.sort();
     started.sort();
-    assert_eq!(stopped, started, "the same four processes stopped at the end");
+    assert_eq!(stopped, started, "every process started was stopped at the end");
+    assert!(stops.iter().all(|e| e.replicas.is_some()), "{stops:?}");
+    assert!(our_processes(&options).is_empty());
+}
+
+/// An overlay folder of the test's own: always-on, min-scale 1, max-scale 4, a target of 2
+/// requests in flight and Knative's shortest stable window (6 s).
+fn small_target_overlays(options: &Options) -> std::path::PathBuf {
+    let dir = options.log_dir.join("overlays");
+    std::fs::create_dir_all(dir.join("always-on")).unwrap();
+    let patch = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: every-service\nspec:\n  template:\n    metadata:\n      annotations:\n        autoscaling.knative.dev/target: \"2\"\n        autoscaling.knative.dev/min-scale: \"1\"\n        autoscaling.knative.dev/max-scale: \"4\"\n        autoscaling.knative.dev/window: 6s\n";
+    let kustomization = serde_json::json!({
+        "resources": ["../../base"],
+        "patches": [{"target": {"kind": "Service"}, "patch": patch}],
+    });
+    std::fs::write(dir.join("always-on/kustomization.yaml"), kustomization.to_string()).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_over_the_target_scales_out_then_back_to_min_scale_losing_nothing() {
+    let options = mode_options(Mode::AlwaysOn);
+    let options = Options { overlays: Some(small_target_overlays(&options)), ..options };
+    let runner = Runner::start(options.clone()).await.expect("runner starts");
+    assert_eq!((runner.policy.scaling.target, runner.policy.scaling.max_scale), (2.0, 4));
+    assert_eq!(runner.replicas("ingest"), 1);
+
+    // 16 tweets in flight for 8 s: ingest's panic window sees ~16 requests where one replica
+    // aims for 1.4 (2 × 70 %), so the autoscaler wants max-scale.
+    let most = AtomicUsize::new(0);
+    let done = AtomicBool::new(false);
+    let watch = async {
+        while !done.load(Ordering::Relaxed) {
+            most.fetch_max(runner.replicas("ingest") as usize, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let sent = std::sync::atomic::AtomicUsize::new(0);
+    let load = async {
+        let until = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < until {
+            let from = sent.fetch_add(160, Ordering::Relaxed);
+            post(&runner, from..from + 160).await;
+        }
+        done.store(true, Ordering::Relaxed);
+    };
+    tokio::join!(watch, load);
+    let n = sent.load(Ordering::Relaxed);
+    assert!(most.load(Ordering::Relaxed) >= 2, "ingest never had 2 replicas: {:#?}", runner.events());
+
+    // A trickle, one tweet at a time, while the stable window passes: replicas drain and stop
+    // under it, every tweet still accepted (post asserts 202), and ingest is back at one.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut i = n;
+    while runner.replicas("ingest") > 1 {
+        assert!(Instant::now() < deadline, "ingest still at {} replicas", runner.replicas("ingest"));
+        post(&runner, i..i + 1).await;
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_exact(&runner, i).await;
+
+    let events = runner.events();
+    let ingest = |kind| of(&events, kind, "ingest");
+    assert!(ingest(EventKind::Start).len() >= 2, "{events:#?}");
+    assert!(!ingest(EventKind::Stop).is_empty(), "no replica stopped: {events:#?}");
+    let scale = ingest(EventKind::Scale);
+    assert!(scale.iter().any(|e| e.desired >= Some(2)), "{scale:#?}");
+    assert!(scale.iter().any(|e| e.desired == Some(1)), "never wanted 1 again: {scale:#?}");
+    // Every event carries the replica count, and the counts follow the starts and stops.
+    let mut alive = 0;
+    for e in events.iter().filter(|e| e.function == "ingest" && e.event != EventKind::ColdStart) {
+        match e.event {
+            EventKind::Start => alive += 1,
+            EventKind::Stop => alive -= 1,
+            _ => {}
+        }
+        assert_eq!(e.replicas, Some(alive), "{e:?}");
+    }
+    assert!(events.iter().all(|e| e.event != EventKind::ColdStart), "always-on had a cold start");
+    clean(&runner.options).await;
+    runner.stop().await;
+    assert!(our_processes(&options).is_empty());
 }
