@@ -62,7 +62,7 @@ YAML
 apply() {
   local name=$1
   shift
-  local scaling=(--scale-min "$min_scale" --scale-max 10 --scale-metric concurrency --scale-target 100)
+  local scaling=(--scale-min "$min_scale" --scale-max 10 --scale-metric concurrency --scale-target 10)
   if [[ $mode == scale-to-zero ]]; then
     scaling+=(--annotation-revision autoscaling.knative.dev/scale-to-zero-pod-retention-period=30s)
   fi

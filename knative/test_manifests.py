@@ -210,7 +210,7 @@ def test_overlay_annotation_keys_are_knatives():
         (patch,) = k["patches"]
         annotations = yaml.safe_load(patch["patch"])["spec"]["template"]["metadata"]["annotations"]
         assert set(annotations) <= known, set(annotations) - known
-        assert annotations["autoscaling.knative.dev/target"] == "100"
+        assert annotations["autoscaling.knative.dev/target"] == "10"
         assert annotations["autoscaling.knative.dev/min-scale"] == {"scale-to-zero": "0", "always-on": "1"}[mode]
 
 
@@ -236,7 +236,7 @@ def test_func_yaml_matches_its_schema_and_the_service(name):
     assert envs == expected
     assert f["deploy"]["healthEndpoints"] == {"liveness": "/health/liveness", "readiness": "/health/readiness"}
     assert f["deploy"]["options"]["resources"] == c["resources"]
-    assert f["deploy"]["options"]["scale"] == {"min": 0, "max": 10, "metric": "concurrency", "target": 100}
+    assert f["deploy"]["options"]["scale"] == {"min": 0, "max": 10, "metric": "concurrency", "target": 10}
     assert f["deploy"]["annotations"] == {"autoscaling.knative.dev/scale-to-zero-pod-retention-period": "30s"}
 
 
@@ -270,7 +270,7 @@ def test_kn_script_shared_settings():
     assert "image: $registry/$1:$tag" in text and "${IMAGE_REGISTRY:-ghcr.io/weather-tweets}" in text
     assert "${IMAGE_TAG:-0.1.0}" in text
     for flag in ("--probe-readiness http:::/health/readiness", "--probe-liveness http:::/health/liveness",
-                 "--scale-max 10", "--scale-metric concurrency", "--scale-target 100",
+                 "--scale-max 10", "--scale-metric concurrency", "--scale-target 10",
                  "autoscaling.knative.dev/scale-to-zero-pod-retention-period=30s",
                  "readOnlyRootFilesystem: true", "seccompProfile:"):
         assert flag in text, flag
