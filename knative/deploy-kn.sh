@@ -62,7 +62,7 @@ YAML
 apply() {
   local name=$1
   shift
-  local scaling=(--scale-min "$min_scale" --scale-max 10 --scale-metric concurrency --scale-target 10)
+  local scaling=(--scale-min "$min_scale" --scale-max 10 --scale-metric concurrency)
   if [[ $mode == scale-to-zero ]]; then
     scaling+=(--annotation-revision autoscaling.knative.dev/scale-to-zero-pod-retention-period=30s)
   fi
@@ -81,6 +81,7 @@ kubectl apply -f "$here/base/network-policies.yaml"
 
 # producer first: ingest calls it.
 apply producer --cluster-local --port h2c:8080 \
+  --scale-target 10 \
   --request cpu=100m,memory=48Mi --limit cpu=1,memory=192Mi \
   --env KAFKA_BROKERS=weather-kafka-bootstrap.kafka:9092 \
   --env KAFKA_TOPIC=messages \
@@ -90,12 +91,14 @@ apply producer --cluster-local --port h2c:8080 \
   --env EVENT_SOURCE=/weather-tweets/producer
 
 apply ingest --no-cluster-local --port http1:8080 \
+  --scale-target 10 \
   --request cpu=100m,memory=32Mi --limit cpu=1,memory=128Mi \
   --env PRODUCER_URL=http://producer.weather.svc.cluster.local \
   --env MAX_BODY_BYTES=16384 \
   --env PRODUCER_TIMEOUT_MS=12000
 
 apply counter --cluster-local --port http1:8080 \
+  --scale-target 100 \
   --request cpu=100m,memory=32Mi --limit cpu=1,memory=128Mi \
   --env-value-from REDIS_URL=secret:weather-credentials:REDIS_URL \
   --env REDIS_KEY_PREFIX=weather: \
@@ -105,6 +108,7 @@ apply counter --cluster-local --port http1:8080 \
   --env REDIS_TIMEOUT_MS=2000
 
 apply archiver --cluster-local --port http1:8080 \
+  --scale-target 100 \
   --request cpu=100m,memory=48Mi --limit cpu=1,memory=192Mi \
   --env-value-from MONGODB_URI=secret:weather-credentials:MONGODB_URI \
   --env MONGODB_DATABASE=weather \

@@ -210,7 +210,7 @@ def test_overlay_annotation_keys_are_knatives():
         (patch,) = k["patches"]
         annotations = yaml.safe_load(patch["patch"])["spec"]["template"]["metadata"]["annotations"]
         assert set(annotations) <= known, set(annotations) - known
-        assert annotations["autoscaling.knative.dev/target"] == "10"
+        assert "autoscaling.knative.dev/target" not in annotations, "each Service sets its own"
         assert annotations["autoscaling.knative.dev/min-scale"] == {"scale-to-zero": "0", "always-on": "1"}[mode]
 
 
@@ -236,7 +236,9 @@ def test_func_yaml_matches_its_schema_and_the_service(name):
     assert envs == expected
     assert f["deploy"]["healthEndpoints"] == {"liveness": "/health/liveness", "readiness": "/health/readiness"}
     assert f["deploy"]["options"]["resources"] == c["resources"]
-    assert f["deploy"]["options"]["scale"] == {"min": 0, "max": 10, "metric": "concurrency", "target": 10}
+    target = int(service(name)["spec"]["template"]["metadata"]["annotations"]["autoscaling.knative.dev/target"])
+    assert target == {"ingest": 10, "producer": 10, "counter": 100, "archiver": 100}[name]
+    assert f["deploy"]["options"]["scale"] == {"min": 0, "max": 10, "metric": "concurrency", "target": target}
     assert f["deploy"]["annotations"] == {"autoscaling.knative.dev/scale-to-zero-pod-retention-period": "30s"}
 
 
@@ -246,6 +248,8 @@ def test_kn_script_matches_the_service(name):
     c = container(name)
     assert flag_values(flags, "--port") == [f"{c['ports'][0]['name']}:{c['ports'][0]['containerPort']}"]
     assert ("--cluster-local" in flags) == (name != "ingest")
+    annotations = service(name)["spec"]["template"]["metadata"]["annotations"]
+    assert flag_values(flags, "--scale-target") == [annotations["autoscaling.knative.dev/target"]]
     env = dict(v.split("=", 1) for v in flag_values(flags, "--env"))
     secret_env = dict(v.split("=", 1) for v in flag_values(flags, "--env-value-from"))
     expected_env, expected_secrets = {}, {}
@@ -270,7 +274,7 @@ def test_kn_script_shared_settings():
     assert "image: $registry/$1:$tag" in text and "${IMAGE_REGISTRY:-ghcr.io/weather-tweets}" in text
     assert "${IMAGE_TAG:-0.1.0}" in text
     for flag in ("--probe-readiness http:::/health/readiness", "--probe-liveness http:::/health/liveness",
-                 "--scale-max 10", "--scale-metric concurrency", "--scale-target 10",
+                 "--scale-max 10", "--scale-metric concurrency",
                  "autoscaling.knative.dev/scale-to-zero-pod-retention-period=30s",
                  "readOnlyRootFilesystem: true", "seccompProfile:"):
         assert flag in text, flag

@@ -21,8 +21,9 @@ use crate::{
     autoscaler::{Decider, TICK},
     events::Events,
     functions::{Functions, Process, READY_TIMEOUT},
-    manifests::Scaling,
+    manifests::{Annotations, Scaling, Service},
 };
+use anyhow::Context;
 use bytes::Bytes;
 use common::metrics::ServiceLabels;
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
@@ -60,12 +61,28 @@ const RECONCILE: Duration = Duration::from_millis(250);
 /// Services' `timeoutSeconds`.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How the functions scale: an overlay's annotations and, in scale-to-zero, the idle period.
-#[derive(Debug, Clone, Copy)]
+/// How the functions scale: an overlay's annotations over each Service's own and, in
+/// scale-to-zero, the idle period.
+#[derive(Debug, Clone)]
 pub struct Policy {
-    pub scaling: Scaling,
+    /// The overlay's annotations (they win over a Service's).
+    pub overlay: Annotations,
+    /// Overrides every function's stable window (tests).
+    pub stable_window: Option<Duration>,
     /// `None`: always-on (at least one replica, whatever min-scale says).
     pub idle: Option<Duration>,
+}
+
+impl Policy {
+    /// How `service` scales: Knative's defaults, its own annotations, then the overlay's.
+    pub fn scaling(&self, service: &Service) -> anyhow::Result<Scaling> {
+        let mut scaling = Scaling::from_annotations(&[&service.annotations, &self.overlay])
+            .with_context(|| format!("Service {}", service.name))?;
+        if let Some(window) = self.stable_window {
+            scaling.stable_window = window;
+        }
+        Ok(scaling)
+    }
 }
 
 /// The activator of every function, running.
@@ -92,18 +109,17 @@ impl Activator {
         let mut tasks = Vec::new();
         let mut gates = Vec::new();
         for (function, listener) in functions.all().iter().zip(listeners) {
-            let gate = Arc::new(Gate::new(function.service.name.clone(), functions.clone(), events.clone(), policy)?);
+            let gate =
+                Arc::new(Gate::new(function.service.name.clone(), functions.clone(), events.clone(), &policy)?);
             tasks.push(tokio::spawn(gate.clone().serve(listener, stop.clone())));
             tasks.push(tokio::spawn(gate.clone().reconcile(stop.clone())));
             gates.push(gate);
         }
-        tracing::info!(
-            idle_ms = policy.idle.map(|i| i.as_millis() as u64),
-            target = policy.scaling.target,
-            min_scale = policy.scaling.min_scale,
-            max_scale = policy.scaling.max_scale,
-            "Activator listening"
-        );
+        for gate in &gates {
+            let s = &gate.scaling;
+            tracing::info!(function = %gate.name, target = s.target, min_scale = s.min_scale, max_scale = s.max_scale, stable_window_ms = s.stable_window.as_millis() as u64, "Autoscaling");
+        }
+        tracing::info!(idle_ms = policy.idle.map(|i| i.as_millis() as u64), "Activator listening");
         Ok(Activator { shutdown, tasks, gates, functions })
     }
 
@@ -119,6 +135,11 @@ impl Activator {
             gate.wait_replicas(gate.floor(), READY_TIMEOUT + Duration::from_secs(5)).await?;
         }
         Ok(())
+    }
+
+    /// How `name` scales.
+    pub fn scaling(&self, name: &str) -> Option<Scaling> {
+        self.gate(name).ok().map(|g| g.scaling)
     }
 
     /// Processes of `name` alive now (starting, ready or draining).
@@ -162,7 +183,9 @@ struct Gate {
     name: String,
     functions: Arc<Functions>,
     events: Events,
-    policy: Policy,
+    scaling: Scaling,
+    /// In scale-to-zero, how long the last replica may idle.
+    idle: Option<Duration>,
     /// 0: no limit.
     container_concurrency: usize,
     decider: Mutex<Decider>,
@@ -253,8 +276,9 @@ impl Drop for InFlight {
 }
 
 impl Gate {
-    fn new(name: String, functions: Arc<Functions>, events: Events, policy: Policy) -> anyhow::Result<Gate> {
+    fn new(name: String, functions: Arc<Functions>, events: Events, policy: &Policy) -> anyhow::Result<Gate> {
         let service = &functions.get(&name)?.service;
+        let scaling = policy.scaling(service)?;
         let http2 = service.http2;
         let container_concurrency = service.container_concurrency;
         let mut connector = HttpConnector::new();
@@ -266,9 +290,10 @@ impl Gate {
             name,
             functions,
             events,
-            policy,
+            scaling,
+            idle: policy.idle,
             container_concurrency: container_concurrency as usize,
-            decider: Mutex::new(Decider::new(&policy.scaling, container_concurrency)),
+            decider: Mutex::new(Decider::new(&scaling, container_concurrency)),
             state: Mutex::new(State {
                 ready: Vec::new(),
                 starting: 0,
@@ -295,9 +320,9 @@ impl Gate {
 
     /// The replicas kept whatever the load: min-scale, and at least one in always-on.
     fn floor(&self) -> u32 {
-        match self.policy.idle {
-            None => self.policy.scaling.min_scale.max(1),
-            Some(_) => self.policy.scaling.min_scale,
+        match self.idle {
+            None => self.scaling.min_scale.max(1),
+            Some(_) => self.scaling.min_scale,
         }
     }
 
@@ -552,7 +577,6 @@ impl Gate {
                     }
                 }
                 let idle_expired = self
-                    .policy
                     .idle
                     .is_some_and(|idle| state.in_flight == 0 && state.idle_since.elapsed() >= idle);
                 let floor = if state.in_flight > 0 || (state.alive > 0 && !idle_expired) { self.floor().max(1) } else { self.floor() };

@@ -259,10 +259,8 @@ pub struct Runner {
 pub fn policy(options: &Options) -> anyhow::Result<Policy> {
     let overlays = options.overlays.clone().unwrap_or_else(|| options.stack.manifests.join("../overlays"));
     let path = overlays.join(options.mode.to_string()).join("kustomization.yaml");
-    let mut scaling = manifests::scaling(&path)?;
-    if let Some(ms) = options.stable_window_ms {
-        scaling.stable_window = Duration::from_millis(ms);
-    }
+    let overlay = manifests::overlay_annotations(&path)?;
+    let scaling = manifests::scaling(&path)?;
     let idle = match (options.mode, scaling.min_scale) {
         (Mode::AlwaysOn, 0) => bail!("{} sets min-scale 0, which is not always-on", path.display()),
         (Mode::AlwaysOn, _) => None,
@@ -271,7 +269,7 @@ pub fn policy(options: &Options) -> anyhow::Result<Policy> {
         ),
         (Mode::ScaleToZero, n) => bail!("{} sets min-scale {n}, which never scales to zero", path.display()),
     };
-    Ok(Policy { scaling, idle })
+    Ok(Policy { overlay, stable_window: options.stable_window_ms.map(Duration::from_millis), idle })
 }
 
 impl Runner {
@@ -295,7 +293,7 @@ impl Runner {
         let events = Events::new(options.events.as_deref())?;
         let functions =
             Arc::new(Functions::new(&options.stack, options.bin_dir()?, options.log_dir.clone(), options.base_port)?);
-        let activator = Activator::start(functions.clone(), events.clone(), policy).await?;
+        let activator = Activator::start(functions.clone(), events.clone(), policy.clone()).await?;
         if let Err(e) = activator.scale_to_min().await {
             activator.stop().await;
             return Err(e);
@@ -365,6 +363,11 @@ impl Runner {
     /// Names of the functions with a process alive now, in start order.
     pub fn running_functions(&self) -> Vec<String> {
         self.activator().running()
+    }
+
+    /// How `function` scales (its Service's annotations under the overlay's).
+    pub fn scaling(&self, function: &str) -> Option<manifests::Scaling> {
+        self.activator().scaling(function)
     }
 
     /// Processes of `function` alive now.

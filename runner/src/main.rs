@@ -28,19 +28,21 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let Command::Up(options) = cli.command;
     let runner = Runner::start(options).await?;
-    let scaling = runner.policy.scaling;
-    let mut mode = format!(
-        "{}, {}…{} replicas, target {} in flight",
-        runner.options.mode,
-        scaling.min_scale,
-        if scaling.max_scale == 0 { "∞".to_owned() } else { scaling.max_scale.to_string() },
-        scaling.target
-    );
+    let mut mode = runner.options.mode.to_string();
     if let Some(idle) = runner.policy.idle {
         mode += &format!(", idle period {} ms", idle.as_millis());
     }
-    let urls: Vec<String> =
-        runner.functions.all().iter().map(|f| format!("{} on :{}", f.service.name, f.port)).collect();
+    let urls: Vec<String> = runner
+        .functions
+        .all()
+        .iter()
+        .map(|f| {
+            let name = &f.service.name;
+            let s = runner.scaling(name).unwrap_or_default();
+            let max = if s.max_scale == 0 { "∞".to_owned() } else { s.max_scale.to_string() };
+            format!("{name} on :{} ({}…{max} replicas, target {})", f.port, s.min_scale, s.target)
+        })
+        .collect();
     println!("Pipeline up ({mode}): {}; Ctrl-C stops it.", urls.join(", "));
     common::server::shutdown_signal().await;
     runner.stop().await;

@@ -125,7 +125,12 @@ pub struct Service {
     pub readiness_path: String,
     /// `containerConcurrency`: at most this many requests in flight per replica (0: no limit).
     pub container_concurrency: u32,
+    /// `spec.template.metadata.annotations` (e.g. its own autoscaling target).
+    pub annotations: Annotations,
 }
+
+/// Annotations as the manifests write them.
+pub type Annotations = serde_json::Map<String, serde_json::Value>;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct EnvVar {
@@ -175,7 +180,15 @@ struct ServiceSpec {
 
 #[derive(Deserialize)]
 struct PodTemplate {
+    #[serde(default)]
+    metadata: TemplateMetadata,
     spec: PodSpec,
+}
+
+#[derive(Deserialize, Default)]
+struct TemplateMetadata {
+    #[serde(default)]
+    annotations: Annotations,
 }
 
 #[derive(Deserialize)]
@@ -291,6 +304,7 @@ fn service(r: &Resource) -> anyhow::Result<Service> {
             .and_then(|h| h.path.clone())
             .unwrap_or_else(|| "/".into()),
         container_concurrency: spec.template.spec.container_concurrency,
+        annotations: spec.template.metadata.annotations,
     })
 }
 
@@ -452,15 +466,14 @@ impl Default for Scaling {
 
 const PREFIX: &str = "autoscaling.knative.dev/";
 
-/// The scaling annotations that `kustomization` patches into every Knative Service (later
-/// patches win, as kustomize applies them in order). Values out of the ranges Knative's webhook
-/// admits are errors, and so is a metric other than concurrency (the runner measures only that).
-pub fn scaling(kustomization: &Path) -> anyhow::Result<Scaling> {
+/// The annotations that `kustomization` patches into every Knative Service's template (later
+/// patches win, as kustomize applies them in order).
+pub fn overlay_annotations(kustomization: &Path) -> anyhow::Result<Annotations> {
     let text = std::fs::read_to_string(kustomization)
         .with_context(|| format!("reading {}", kustomization.display()))?;
     let doc: serde_json::Value =
         serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", kustomization.display()))?;
-    let mut annotations = serde_json::Map::new();
+    let mut annotations = Annotations::new();
     for patch in doc.get("patches").and_then(|p| p.as_array()).into_iter().flatten() {
         let Some(text) = patch.get("patch").and_then(|p| p.as_str()) else { continue };
         let patch: serde_json::Value = serde_saphyr::from_str(text)
@@ -474,23 +487,32 @@ pub fn scaling(kustomization: &Path) -> anyhow::Result<Scaling> {
             annotations.extend(found.clone());
         }
     }
-    let mut scaling = Scaling::default();
-    for (key, value) in &annotations {
-        let Some(name) = key.strip_prefix(PREFIX) else { continue };
-        let serde_json::Value::String(value) = value else {
-            bail!("{key} is {value}, not a string, in {}", kustomization.display());
-        };
-        scaling
-            .set(name, value)
-            .with_context(|| format!("{key}: {value:?} in {}", kustomization.display()))?;
-    }
-    if scaling.max_scale != 0 && scaling.max_scale < scaling.min_scale {
-        bail!("max-scale {} is below min-scale {} in {}", scaling.max_scale, scaling.min_scale, kustomization.display());
-    }
-    Ok(scaling)
+    Ok(annotations)
+}
+
+/// The overlay's scaling, as it applies to a Service that sets no annotation of its own.
+pub fn scaling(kustomization: &Path) -> anyhow::Result<Scaling> {
+    Scaling::from_annotations(&[&overlay_annotations(kustomization)?])
+        .with_context(|| format!("in {}", kustomization.display()))
 }
 
 impl Scaling {
+    /// Knative's defaults, then each set of annotations in turn (a later one wins). Values out
+    /// of the ranges Knative's webhook admits are errors, and so is a metric other than
+    /// concurrency (the runner measures only that).
+    pub fn from_annotations(layers: &[&Annotations]) -> anyhow::Result<Scaling> {
+        let mut scaling = Scaling::default();
+        for (key, value) in layers.iter().flat_map(|a| a.iter()) {
+            let Some(name) = key.strip_prefix(PREFIX) else { continue };
+            let serde_json::Value::String(value) = value else { bail!("{key} is {value}, not a string") };
+            scaling.set(name, value).with_context(|| format!("{key}: {value:?}"))?;
+        }
+        if scaling.max_scale != 0 && scaling.max_scale < scaling.min_scale {
+            bail!("max-scale {} is below min-scale {}", scaling.max_scale, scaling.min_scale);
+        }
+        Ok(scaling)
+    }
+
     fn set(&mut self, name: &str, value: &str) -> anyhow::Result<()> {
         let number = |low: f64, high: f64| -> anyhow::Result<f64> {
             let n: f64 = value.parse().context("not a number")?;
@@ -722,7 +744,16 @@ mod tests {
         assert_eq!((on.retention, zero.retention), (None, Some(Duration::from_secs(30))));
         // Everything else is the same in both modes.
         assert_eq!(Scaling { min_scale: 0, retention: None, ..on }, Scaling { retention: None, ..zero });
-        assert!(on.max_scale >= 2 && on.target < 100.0, "{on:?}");
+        assert!(on.max_scale >= 2, "{on:?}");
+        // Each Service's own target, under the overlay's annotations.
+        let services = services(&overlays.join("../base")).unwrap();
+        let overlay = overlay_annotations(&overlays.join("always-on/kustomization.yaml")).unwrap();
+        let targets: Vec<(String, f64)> = services
+            .iter()
+            .map(|s| (s.name.clone(), Scaling::from_annotations(&[&s.annotations, &overlay]).unwrap().target))
+            .collect();
+        let expected = [("ingest", 10.0), ("producer", 10.0), ("counter", 100.0), ("archiver", 100.0)];
+        assert_eq!(targets, expected.map(|(n, t)| (n.to_owned(), t)));
     }
 
     #[test]

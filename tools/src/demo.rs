@@ -84,6 +84,14 @@ impl Summary {
             "replicas (max)",
             per_function(self.max_replicas.iter().map(|(k, v)| (k, v.to_string())).collect()),
         );
+        if self.max_replicas.get("ingest").is_some_and(|n| *n < 2) {
+            line(
+                "",
+                "(ingest never needed a second replica: the burst kept fewer than its target × 70 % in \
+                 flight; more `--users` or a lower autoscaling.knative.dev/target scale it out)"
+                    .into(),
+            );
+        }
         line("cold starts", per_function(self.cold_starts.iter().map(|(k, v)| (k, v.to_string())).collect()));
         line("top countries", top(&self.top_countries));
         line("top conditions", top(&self.top_climas));

@@ -224,7 +224,8 @@ async fn a_burst_over_the_target_scales_out_then_back_to_min_scale_losing_nothin
     let options = mode_options(Mode::AlwaysOn);
     let options = Options { overlays: Some(small_target_overlays(&options)), ..options };
     let runner = Runner::start(options.clone()).await.expect("runner starts");
-    assert_eq!((runner.policy.scaling.target, runner.policy.scaling.max_scale), (2.0, 4));
+    let ingest = runner.scaling("ingest").unwrap();
+    assert_eq!((ingest.target, ingest.max_scale, ingest.stable_window), (2.0, 4, Duration::from_secs(6)));
     assert_eq!(runner.replicas("ingest"), 1);
 
     // 16 tweets in flight for 8 s: ingest's panic window sees ~16 requests where one replica
