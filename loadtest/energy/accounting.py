@@ -306,6 +306,8 @@ class Replicas:
 
 def step_integral(points: Sequence[tuple[float, float]], end: float) -> float:
     """The integral of a step function given as ``(t, value)`` points (sorted) up to ``end``."""
+    if not points:
+        return 0.0
     ends = [t for t, _ in points[1:]] + [end]
     return sum(v * max(0.0, t1 - t0) for (t0, v), t1 in zip(points, ends, strict=True))
 

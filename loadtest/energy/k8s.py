@@ -206,7 +206,10 @@ def replicas_from_pods(pods: dict[str, list[tuple[float, float]]], window: tuple
     start, end = window
     out = Replicas()
     for svc, v in sorted(pods.items()):
-        steps = [(t - start, round(n)) for t, n in v if start <= t <= end]
+        steps: list[tuple[float, int]] = []
+        for t, n in v:
+            if start <= t <= end and (not steps or steps[-1][1] != round(n)):
+                steps.append((t - start, round(n)))
         out.steps[svc] = steps
         out.desired[svc] = []
         out.seconds[svc] = accounting.step_integral(steps, end - start)
