@@ -73,14 +73,15 @@ def plot_replicas(results: list[ModeFigures], path: Path, unit: str) -> None:
     top = max((n for r in results for v in r.replicas.steps.values() for _, n in v), default=0)
     top = max([top, *(d for r in results for v in r.replicas.desired.values() for _, d, _ in v)])
     for ax, f in zip(axes[:, 0], functions, strict=True):
-        for r in results:
+        for i, r in enumerate(results):
             steps = r.replicas.steps.get(f)
             if not steps:
                 continue
             # The last count holds until the window's end.
             ts = [t for t, _ in steps] + [r.duration_s]
             ns = [n for _, n in steps] + [steps[-1][1]]
-            ax.step(ts, ns, where="post", color=_c(r.mode), lw=1.4,
+            # Each mode narrower than the one before, so equal counts leave both visible.
+            ax.step(ts, ns, where="post", color=_c(r.mode), lw=1.4 + 1.6 * (len(results) - 1 - i), alpha=0.85,
                     label=f"{r.mode} ({r.replicas.seconds.get(f, 0.0):,.0f} replica-s, max {r.replicas.max.get(f)})")
             desired = r.replicas.desired.get(f)
             if desired:
@@ -91,7 +92,7 @@ def plot_replicas(results: list[ModeFigures], path: Path, unit: str) -> None:
         ax.set_ylim(-0.1, top + 0.5)
         ax.yaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel(f"{f}\n{unit}")
-        ax.legend(loc="upper right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
     axes[0, 0].set_title(f"Replicas per function ({unit}; dashed: the autoscaler's desired count)")
     axes[-1, 0].set_xlabel("seconds since the window's start (shaded: bursts)")
     fig.tight_layout()
