@@ -12,6 +12,11 @@ CPU time in that interval; what no tracked process used (the kernel, other proce
 ``other``. The idle part is **not** attributed to components: it is reported as its own row,
 ``idle (machine)``, paid whether or not anything runs — so a component's joules are what running
 it added, and the total is the whole machine.
+
+**Replicas** come from the runner's scaling events (``--events``): ``start``, ``ready``, ``stop``
+and ``scale`` carry ``replicas``, the function's processes alive right after the event, so
+several processes of one function at once need no pairing of starts with stops. Replica-seconds
+are that step function's integral over the window.
 """
 
 from __future__ import annotations
