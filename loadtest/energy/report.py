@@ -271,7 +271,7 @@ def markdown(results: list[ModeFigures], context: Context, unit: str = "processe
         ("function replica-seconds (the autoscaler's replicas)",
          lambda r: _fmt(sum(r.replicas.seconds.values()), 0)),
         ("starts from zero replicas", lambda r: _fmt(sum(r.replicas.from_zero.values()))),
-        ("cold starts (requests that waited for a start)", lambda r: _fmt(r.cold_starts.count)),
+        ("cold starts", lambda r: _fmt(r.cold_starts.count)),
         ("cold-start latency p50 / max, ms", _cold),
         ("process exec → ready p50, ms", lambda r: _fmt(accounting.percentile(r.cold_starts.ready_ms, 0.5), 0)),
         ("throughput, tweets/s in bursts", lambda r: _fmt(r.tweets_per_s, 1)),
@@ -317,11 +317,16 @@ def markdown(results: list[ModeFigures], context: Context, unit: str = "processe
 
 def _per_function(results: list[ModeFigures], unit: str) -> list[str]:
     """Each function's energy beside its replicas: replica-seconds, the most at once, its starts."""
-    lines = ["", "## Per function", "",
-             (f"Replicas are the function's {unit} alive (a started one counts before it is ready), as the "
-              "autoscaler ran them; replica-seconds are their integral over the window. Starts count every "
-              "replica started, from zero those that found none alive; cold starts are requests that waited for "
-              "a start."), "",
+    if unit == "processes":
+        about = ("Replicas are each function's processes alive as the autoscaler ran them, a started one counting "
+                 "before it is ready (the runner's scaling events); replica-seconds are their integral over the "
+                 "window. Starts count every process started, from zero those that found none alive; cold starts "
+                 "are requests that waited for a start.")
+    else:
+        about = (f"Replicas are each service's {unit} as Knative counts them, sampled; replica-seconds are their "
+                 "integral over the window. Single starts are not known; from zero, as cold starts, counts rises "
+                 f"from 0 {unit}.")
+    lines = ["", "## Per function", "", about, "",
              ("| function | mode | J | CPU s | replica-seconds | J per replica-second | max replicas | starts "
               "| from zero | cold starts |"),
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
