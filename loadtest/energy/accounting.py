@@ -12,6 +12,11 @@ CPU time in that interval; what no tracked process used (the kernel, other proce
 ``other``. The idle part is **not** attributed to components: it is reported as its own row,
 ``idle (machine)``, paid whether or not anything runs — so a component's joules are what running
 it added, and the total is the whole machine.
+
+**Replicas** come from the runner's scaling events (``--events``): ``start``, ``ready``, ``stop``
+and ``scale`` carry ``replicas``, the function's processes alive right after the event, so
+several processes of one function at once need no pairing of starts with stops. Replica-seconds
+are that step function's integral over the window.
 """
 
 from __future__ import annotations
@@ -277,6 +282,109 @@ def read_events(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+# How each kind of the runner's scaling events changes the number of a function's processes
+# alive (a started process counts before it is ready); ``scale`` is the autoscaler's decision.
+REPLICA_DELTA = {"start": 1, "ready": 0, "stop": -1, "scale": 0}
+
+
+@dataclass
+class Replicas:
+    """Replicas (processes on one machine, pods on Kubernetes) of each function over the window.
+
+    ``steps[f]`` is a step function: ``[t, n]`` means ``n`` replicas from ``t`` (s since the
+    window's start) until the next point, the last until the window's end; the first point is
+    at 0 where the count is known there (always, from the runner's events). ``seconds`` is its
+    integral over the window (replica-seconds).
+    """
+
+    steps: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+    # The autoscaler's desired count whenever it changed, ``[t, desired, panic]`` (the one in
+    # force at the window's start at 0); empty where the runner does not say.
+    desired: dict[str, list[tuple[float, int, bool]]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    max: dict[str, int] = field(default_factory=dict)
+    # Process starts inside the window, and those of them that took the function from zero
+    # replicas; None where they are not known (Kubernetes: only sampled pod counts).
+    starts: dict[str, int] | None = None
+    from_zero: dict[str, int] = field(default_factory=dict)
+
+
+def step_integral(points: Sequence[tuple[float, float]], end: float) -> float:
+    """The integral of a step function given as ``(t, value)`` points (sorted) up to ``end``."""
+    if not points:
+        return 0.0
+    ends = [t for t, _ in points[1:]] + [end]
+    return sum(v * max(0.0, t1 - t0) for (t0, v), t1 in zip(points, ends, strict=True))
+
+
+def _alive_after(events: list[dict]) -> tuple[int, list[int]]:
+    """For one function's scaling events in order: the processes alive before the first one, and
+    after each.
+
+    The runner writes ``replicas`` (alive right after the event) on every event; before the first
+    one there were that many minus what the event changed (a stop with 0 after it means one was
+    alive: it had started before the file, or the window, began). Events without ``replicas``
+    (older runners) are counted: +1 per start, −1 per stop, from 0 at the file's beginning.
+    """
+    first = events[0] if events else None
+    before = (first["replicas"] - REPLICA_DELTA[first["event"]]
+              if first is not None and first.get("replicas") is not None else 0)
+    alive, after = before, []
+    for e in events:
+        alive = e["replicas"] if e.get("replicas") is not None else max(0, alive + REPLICA_DELTA[e["event"]])
+        after.append(alive)
+    return max(0, before), after
+
+
+def replicas_from_events(events: list[dict], window: tuple[float, float],
+                         functions: Sequence[str] = FUNCTIONS) -> Replicas:
+    """Each function's replicas over ``window`` (unix s) from the runner's scaling events."""
+    start, end = window
+    out = Replicas(starts={})
+    for f in functions:
+        mine = sorted((e for e in events if e.get("function") == f and e.get("event") in REPLICA_DELTA),
+                      key=lambda e: e["t_ms"])
+        alive, after = _alive_after(mine)
+        steps: list[tuple[float, int]] = []
+        highest, starts, from_zero = alive, 0, 0
+        desired: list[tuple[float, int, bool]] = []
+        for e, n in zip(mine, after, strict=True):
+            t = e["t_ms"] / 1000
+            if t > end:
+                break
+            if t <= start:
+                alive = n
+                if e["event"] == "scale":
+                    desired = [(0.0, e["desired"], bool(e.get("panic")))]
+                continue
+            if not steps:
+                steps.append((0.0, alive))
+                highest = alive
+            if e["event"] == "start":
+                starts += 1
+                # Alive right after a start is one more than before it.
+                from_zero += int(n == 1)
+            if e["event"] == "scale" and (not desired or desired[-1][1:] != (e["desired"], bool(e.get("panic")))):
+                desired.append((t - start, e["desired"], bool(e.get("panic"))))
+            highest = max(highest, n)
+            # Events of the same millisecond leave one point: the last count.
+            if steps[-1][0] == t - start:
+                steps[-1] = (t - start, n)
+                if len(steps) > 1 and steps[-2][1] == n:
+                    steps.pop()
+            elif steps[-1][1] != n:
+                steps.append((t - start, n))
+        if not steps:
+            steps, highest = [(0.0, alive)], alive
+        out.steps[f] = steps
+        out.desired[f] = desired
+        out.seconds[f] = step_integral(steps, end - start)
+        out.max[f] = highest
+        out.starts[f] = starts
+        out.from_zero[f] = from_zero
+    return out
+
+
 @dataclass
 class Series:
     """Per interval (``t`` = its end, s since the window's start): machine power, utilisation and
@@ -325,6 +433,8 @@ class ModeFigures:
     function_process_seconds: dict[str, float]
     load: list[LoadPoint]
     cold_starts: ColdStarts
+    # Replicas per function as the autoscaler ran them (the runner's events, Knative's pod count).
+    replicas: Replicas
     locust: LocustStats | None
     tweets_per_s: float | None
     counts: Counts | None
@@ -427,6 +537,7 @@ def analyse_mode(
             times_s=[e["t_ms"] / 1000 - start for e in cold],
             ready_ms=[e["ready_ms"] for e in ready if e.get("ready_ms") is not None],
         ),
+        replicas=replicas_from_events(events, window),
         locust=locust,
         tweets_per_s=accepted / burst_s if accepted is not None and burst_s else None,
         counts=counts,

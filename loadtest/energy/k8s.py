@@ -29,7 +29,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from . import accounting, report
-from .accounting import ColdStarts, Counts, LoadPoint, LocustStats, ModeFigures, Plan, Series
+from .accounting import ColdStarts, Counts, LoadPoint, LocustStats, ModeFigures, Plan, Replicas, Series
 from .tools import LoadShape, Tools
 
 NAMESPACES = ("weather", "knative-serving", "knative-eventing", "kafka", "kepler")
@@ -185,6 +185,7 @@ def analyse_mode(mode: str, answers: dict[str, dict], window: tuple[float, float
             by_function={svc: sum(1 for s, _ in cold if s == svc) for svc in replicas},
             times_s=[t - start for _, t in cold],
         ),
+        replicas=replicas_from_pods(replicas, window),
         locust=locust,
         tweets_per_s=accepted / burst_s if accepted is not None and burst_s else None,
         counts=counts,
@@ -194,6 +195,27 @@ def analyse_mode(mode: str, answers: dict[str, dict], window: tuple[float, float
         model=None,
         grid_g_per_kwh=grid_g_per_kwh,
     )
+
+
+def replicas_from_pods(pods: dict[str, list[tuple[float, float]]], window: tuple[float, float]) -> Replicas:
+    """Each service's replicas from its sampled pod count, each sample holding until the next.
+
+    Knative's pod count says nothing of the autoscaler's desired count or of single starts, so
+    ``desired`` is empty and ``starts`` unknown; a rise from 0 is a start from zero.
+    """
+    start, end = window
+    out = Replicas()
+    for svc, v in sorted(pods.items()):
+        steps: list[tuple[float, int]] = []
+        for t, n in v:
+            if start <= t <= end and (not steps or steps[-1][1] != round(n)):
+                steps.append((t - start, round(n)))
+        out.steps[svc] = steps
+        out.desired[svc] = []
+        out.seconds[svc] = accounting.step_integral(steps, end - start)
+        out.max[svc] = max((n for _, n in steps), default=0)
+        out.from_zero[svc] = sum(1 for (_, n0), (_, n1) in pairwise(steps) if n0 == 0 and n1 > 0)
+    return out
 
 
 @dataclass

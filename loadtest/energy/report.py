@@ -64,6 +64,42 @@ def plot_processes(results: list[ModeFigures], path: Path, unit: str) -> None:
     plt.close(fig)
 
 
+def plot_replicas(results: list[ModeFigures], path: Path, unit: str) -> None:
+    """One panel per function, each mode's replicas as a step line (dashed: the autoscaler's
+    desired count), on the same axes so the modes compare."""
+    functions = _functions(results)
+    fig, axes = plt.subplots(len(functions), 1, figsize=(10, 2.2 * len(functions) + 0.6), sharex=True,
+                             squeeze=False)
+    top = max((n for r in results for v in r.replicas.steps.values() for _, n in v), default=0)
+    top = max([top, *(d for r in results for v in r.replicas.desired.values() for _, d, _ in v)])
+    for ax, f in zip(axes[:, 0], functions, strict=True):
+        for i, r in enumerate(results):
+            steps = r.replicas.steps.get(f)
+            if not steps:
+                continue
+            # The last count holds until the window's end.
+            ts = [t for t, _ in steps] + [r.duration_s]
+            ns = [n for _, n in steps] + [steps[-1][1]]
+            # Each mode narrower than the one before, so equal counts leave both visible.
+            ax.step(ts, ns, where="post", color=_c(r.mode), lw=1.4 + 1.6 * (len(results) - 1 - i), alpha=0.85,
+                    label=f"{r.mode} ({r.replicas.seconds.get(f, 0.0):,.0f} replica-s, max {r.replicas.max.get(f)})")
+            desired = r.replicas.desired.get(f)
+            if desired:
+                ax.step([t for t, _, _ in desired] + [r.duration_s], [d for _, d, _ in desired] + [desired[-1][1]],
+                        where="post", color=_c(r.mode), lw=0.8, ls="--", alpha=0.8)
+            for b0, b1 in r.bursts_unix_s:
+                ax.axvspan(b0 - r.window_unix_s[0], b1 - r.window_unix_s[0], color=_c(r.mode), alpha=0.06)
+        ax.set_ylim(-0.1, top + 0.5)
+        ax.yaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylabel(f"{f}\n{unit}")
+        ax.legend(loc="best", fontsize=8)
+    axes[0, 0].set_title(f"Replicas per function ({unit}; dashed: the autoscaler's desired count)")
+    axes[-1, 0].set_xlabel("seconds since the window's start (shaded: bursts)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_power(results: list[ModeFigures], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(10, 4))
     for r in results:
@@ -158,6 +194,12 @@ def plot_cold_starts(results: list[ModeFigures], path: Path) -> None:
     plt.close(fig)
 
 
+def _functions(results: list[ModeFigures]) -> list[str]:
+    """The functions (or services) of any mode: the manifests' order, then any other by name."""
+    seen = {f for r in results for f in r.replicas.steps}
+    return [f for f in FUNCTIONS if f in seen] + sorted(seen - set(FUNCTIONS))
+
+
 def _component_order(results: list[ModeFigures]) -> list[str]:
     seen: list[str] = []
     for r in results:
@@ -176,7 +218,7 @@ def _fmt(v, digits=1) -> str:
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
-def markdown(results: list[ModeFigures], context: Context) -> str:
+def markdown(results: list[ModeFigures], context: Context, unit: str = "processes") -> str:
     """``report.md``: what was run, the sources, the tables and the plots."""
     source = results[0].energy_source
     model = results[0].model
@@ -225,7 +267,10 @@ def markdown(results: list[ModeFigures], context: Context) -> str:
         ("CPU seconds, machine busy (measured)", lambda r: _fmt(r.cpu_s.get("machine (busy)"), 1)),
         ("CPU seconds, functions (measured)", lambda r: _fmt(
             sum(r.cpu_s.get(f, 0.0) for f in FUNCTIONS), 2) if r.cpu_s else "–"),
-        ("function process-seconds", lambda r: _fmt(sum(r.function_process_seconds.values()), 0)),
+        ("function process-seconds (sampled)", lambda r: _fmt(sum(r.function_process_seconds.values()), 0)),
+        ("function replica-seconds (the autoscaler's replicas)",
+         lambda r: _fmt(sum(r.replicas.seconds.values()), 0)),
+        ("starts from zero replicas", lambda r: _fmt(sum(r.replicas.from_zero.values()))),
         ("cold starts", lambda r: _fmt(r.cold_starts.count)),
         ("cold-start latency p50 / max, ms", _cold),
         ("process exec → ready p50, ms", lambda r: _fmt(accounting.percentile(r.cold_starts.ready_ms, 0.5), 0)),
@@ -246,6 +291,7 @@ def markdown(results: list[ModeFigures], context: Context) -> str:
             cells += [_fmt(r.cpu_s.get(c), 2) if c in r.cpu_s else "–", _fmt(r.energy_j.get(c), 1),
                       _fmt(r.idle_component_w.get(c), 3) if r.idle_component_w else "–"]
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    lines += _per_function(results, unit)
     lines += ["", "Groups (J): " + "; ".join(
         f"{r.mode}: functions {_group(r, FUNCTIONS):.0f}, infrastructure "
         f"{_group(r, accounting.INFRASTRUCTURE):.0f} ({_share(r, accounting.INFRASTRUCTURE)}), "
@@ -269,6 +315,34 @@ def markdown(results: list[ModeFigures], context: Context) -> str:
     return "\n".join(lines)
 
 
+def _per_function(results: list[ModeFigures], unit: str) -> list[str]:
+    """Each function's energy beside its replicas: replica-seconds, the most at once, its starts."""
+    if unit == "processes":
+        about = ("Replicas are each function's processes alive as the autoscaler ran them, a started one counting "
+                 "before it is ready (the runner's scaling events); replica-seconds are their integral over the "
+                 "window. Starts count every process started, from zero those that found none alive; cold starts "
+                 "are requests that waited for a start.")
+    else:
+        about = (f"Replicas are each service's {unit} as Knative counts them, sampled; replica-seconds are their "
+                 "integral over the window. Single starts are not known; from zero, as cold starts, counts rises "
+                 f"from 0 {unit}.")
+    lines = ["", "## Per function", "", about, "",
+             ("| function | mode | J | CPU s | replica-seconds | J per replica-second | max replicas | starts "
+              "| from zero | cold starts |"),
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for f in _functions(results):
+        for r in results:
+            rep = r.replicas
+            seconds, joules = rep.seconds.get(f), r.energy_j.get(f)
+            per = joules / seconds if joules is not None and seconds else None
+            cells = [_fmt(joules, 1), _fmt(r.cpu_s.get(f), 2) if f in r.cpu_s else "–", _fmt(seconds, 1),
+                     _fmt(per, 3), _fmt(rep.max.get(f)),
+                     _fmt(rep.starts.get(f)) if rep.starts is not None else "–", _fmt(rep.from_zero.get(f)),
+                     _fmt(r.cold_starts.by_function.get(f))]
+            lines.append(f"| {f} | {r.mode} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _cold(r: ModeFigures) -> str:
     lat = r.cold_starts.latency_ms
     if not lat:
@@ -285,7 +359,8 @@ def _share(r: ModeFigures, comps) -> str:
 
 
 PLOTS = (
-    ("processes.png", "Running function processes (replicas) over time, with the load"),
+    ("replicas.png", "Replicas per function over time, per mode"),
+    ("processes.png", "Running function processes (sampled) over time, with the load"),
     ("power.png", "Power over time per mode"),
     ("energy_components.png", "Energy per component and per mode"),
     ("per_mode.png", "Energy per 1,000 tweets, idle power, latency and throughput"),
@@ -298,10 +373,11 @@ def write(results: list[ModeFigures], out: Path, context: Context, unit: str = "
     out.mkdir(parents=True, exist_ok=True)
     figures = {"context": asdict(context), "modes": [r.to_json() for r in results]}
     (out / "report.json").write_text(json.dumps(figures, indent=1))
+    plot_replicas(results, out / "replicas.png", unit)
     plot_processes(results, out / "processes.png", unit)
     plot_power(results, out / "power.png")
     plot_components(results, out / "energy_components.png")
     plot_per_mode(results, out / "per_mode.png")
     plot_cold_starts(results, out / "cold_starts.png")
-    (out / "report.md").write_text(markdown(results, context))
+    (out / "report.md").write_text(markdown(results, context, unit))
     return out / "report.md"

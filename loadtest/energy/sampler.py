@@ -3,7 +3,9 @@ the stack, the whole machine's CPU time and, where readable, RAPL's energy count
 
 CPU time comes from psutil (which reads ``/proc/<pid>/stat`` and ``/proc/stat``). Processes are
 named by component: the functions (any child of the runner named as a Knative Service of
-``knative/base`` — in scale-to-zero there are many over time), ``runner``, ``kafka``, ``redis``,
+``knative/base``, whichever of its threads started it — several of one function at once when the
+autoscaler scales it up, each its own entry that ``accounting`` sums, and many over time),
+``runner``, ``kafka``, ``redis``,
 ``ferretdb``, ``jaeger``, ``locust`` (``tools load`` with the Locust it runs) and the
 ``sampler`` itself. Values are cumulative (CPU seconds since each process started);
 ``accounting`` takes the differences.

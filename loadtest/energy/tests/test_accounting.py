@@ -230,7 +230,7 @@ def test_report_writes_every_file(tmp_path):
                                        counts=Counts(accepted=1000, counted=1000, archived=1000))
                for m in ("always-on", "scale-to-zero")]
     md = report.write(results, tmp_path, report.Context(where="test"))
-    for name in ("report.md", "report.json", "processes.png", "power.png", "energy_components.png",
+    for name in ("report.md", "report.json", "replicas.png", "processes.png", "power.png", "energy_components.png",
                  "per_mode.png", "cold_starts.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     text = md.read_text()

@@ -28,7 +28,7 @@ def test_short_experiment(tmp_path, monkeypatch):
                  "--base-port", "18280", "--users", "5", "--user-rps", "10", "--bursts", "2",
                  "--burst-seconds", "10", "--gap-seconds", "20", "--idle-period-ms", "5000",
                  "--pre-idle-seconds", "8", "--post-idle-seconds", "15"])
-    for name in ("report.md", "report.json", "processes.png", "power.png", "energy_components.png",
+    for name in ("report.md", "report.json", "replicas.png", "processes.png", "power.png", "energy_components.png",
                  "per_mode.png", "cold_starts.png"):
         assert (out / name).stat().st_size > 0, name
     figures = {m["mode"]: m for m in json.loads((out / "report.json").read_text())["modes"]}
@@ -53,6 +53,15 @@ def test_short_experiment(tmp_path, monkeypatch):
     assert cold["by_function"]["ingest"] >= 2, cold
     for b0, _ in s2z["bursts_unix_s"]:
         assert any(b0 - 2 <= t + start <= b0 + 10 for t in cold["times_s"]), (b0, cold["times_s"])
+    # The runner's replicas agree: every function at zero at some time in every gap, and ingest
+    # started from zero for each burst.
+    for f, steps in s2z["replicas"]["steps"].items():
+        for g0, g1 in gaps:
+            at_g0 = [n for t, n in steps if t <= g0 - start][-1:]
+            assert at_g0 == [0] or any(g0 - start < t <= g1 - start and n == 0 for t, n in steps), (f, g0, steps)
+    assert s2z["replicas"]["from_zero"]["ingest"] >= 2, s2z["replicas"]
     assert always["cold_starts"]["count"] == 0
-    assert all(sum(always["processes"][f][i] for f in FUNCTIONS) == len(FUNCTIONS)
-               for i in range(len(always["processes"]["t"])))
+    # Always-on keeps at least one process of each function (the autoscaler may add more).
+    assert all(always["processes"][f][i] >= 1 for f in FUNCTIONS for i in range(len(always["processes"]["t"])))
+    assert all(n >= 1 for f in FUNCTIONS for _, n in always["replicas"]["steps"][f]), always["replicas"]["steps"]
+    assert all(always["replicas"]["from_zero"][f] == 0 for f in FUNCTIONS)

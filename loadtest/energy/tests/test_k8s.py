@@ -110,7 +110,11 @@ def test_report_from_recorded_answers(tmp_path):
     md = k8s.write_report(tmp_path / "k8s", k8s.MODES, 481.0, "test source")
     text = md.read_text()
     assert "Kepler" in text and "knative-eventing" in text and "| kafka |" in text
-    for png in ("processes.png", "power.png", "energy_components.png", "per_mode.png", "cold_starts.png"):
+    # Each service's pods beside the energy; single starts are not in Knative's count.
+    assert "| ingest | scale-to-zero | – | – | 270.0 | – | 1 | – | 2 | 2 |" in text
+    assert "| function replica-seconds (the autoscaler's replicas) | 2,400 | 1,080 |" in text
+    for png in ("replicas.png", "processes.png", "power.png", "energy_components.png", "per_mode.png",
+                "cold_starts.png"):
         assert (tmp_path / "k8s" / png).stat().st_size > 0
     figures = json.loads((tmp_path / "k8s" / "report.json").read_text())
     assert [m["mode"] for m in figures["modes"]] == ["always-on", "scale-to-zero"]
