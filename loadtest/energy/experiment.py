@@ -40,8 +40,9 @@ class Settings:
     locustfile: Path = Path("loadtest/locustfile.py")
     out: Path = Path("target/energy")
     modes: tuple[str, ...] = MODES
-    users: int = 20
-    user_rps: float = 10.0
+    # The demo's burst: enough requests in flight to scale ingest and producer out.
+    users: int = 40
+    user_rps: float = 25.0
     # Whole seconds: what `tools load` takes.
     burst_seconds: int = 20
     gap_seconds: int = 30
