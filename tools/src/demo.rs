@@ -196,9 +196,12 @@ async fn burst(
     let mut locust = args.load.spawn(&pipeline.ingest_url(), &args.out)?;
     let functions: Vec<String> = pipeline.stack.services()?.into_iter().map(|s| s.name).collect();
     let mut last = Scrape::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tick.tick().await;
     println!("  time  sent       accepted/s  counted    archived   lag      replicas (ingest producer counter archiver)  p99");
     while locust.running() {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tick.tick().await;
         let (Ok(s), Ok(now)) = (state.snapshot().await, Scrape::get(&client, &metrics_url).await) else { continue };
         let ingest = [("service", "ingest")];
         let accepted = |m: &Scrape| m.sum("weather_runner_requests_total", &[("service", "ingest"), ("status", "202")]);
