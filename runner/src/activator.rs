@@ -8,7 +8,7 @@
 //! How many replicas run is the [`crate::autoscaler`]'s decision from the concurrency observed
 //! here, bounded by min-scale and max-scale; a replica that exits on its own is replaced (as the
 //! kubelet and the ReplicaSet would), and one that is no longer wanted first leaves the routing,
-//! then drains its requests in flight, then gets SIGTERM. In scale-to-zero the last replica goes
+//! then drains its requests in flight, then gets SIGTERM. In scale-to-zero every replica goes
 //! once no request has been in flight for the idle period.
 //!
 //! On Knative the idle period is the `scale-to-zero-pod-retention-period` annotation, but the
@@ -60,6 +60,11 @@ const RECONCILE: Duration = Duration::from_millis(250);
 /// How long a replica that is no longer wanted may take to finish its requests in flight: the
 /// Services' `timeoutSeconds`.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long, at shutdown, requests in flight at the activator may take to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// The backoff after a failed start, doubling per failure in a row up to the maximum.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// How the functions scale: an overlay's annotations over each Service's own and, in
 /// scale-to-zero, the idle period.
@@ -96,7 +101,12 @@ pub struct Activator {
 impl Activator {
     /// Binds every function's public port; no process is started until a request comes or
     /// [`Activator::scale_to_min`].
-    pub async fn start(functions: Arc<Functions>, events: Events, policy: Policy) -> anyhow::Result<Activator> {
+    pub async fn start(
+        functions: Arc<Functions>,
+        events: Events,
+        policy: Policy,
+    ) -> anyhow::Result<Activator> {
+        functions.check_binaries()?;
         let (shutdown, stop) = watch::channel(false);
         let mut listeners = Vec::new();
         for function in functions.all() {
@@ -109,8 +119,12 @@ impl Activator {
         let mut tasks = Vec::new();
         let mut gates = Vec::new();
         for (function, listener) in functions.all().iter().zip(listeners) {
-            let gate =
-                Arc::new(Gate::new(function.service.name.clone(), functions.clone(), events.clone(), &policy)?);
+            let gate = Arc::new(Gate::new(
+                function.service.name.clone(),
+                functions.clone(),
+                events.clone(),
+                &policy,
+            )?);
             tasks.push(tokio::spawn(gate.clone().serve(listener, stop.clone())));
             tasks.push(tokio::spawn(gate.clone().reconcile(stop.clone())));
             gates.push(gate);
@@ -128,11 +142,13 @@ impl Activator {
     }
 
     /// Starts the floor's replicas of every function (min-scale, at least one in always-on),
-    /// each after the functions it calls, and waits until they are ready.
+    /// each after the functions it calls, and waits until they are ready; only then does the
+    /// autoscaler start or stop replicas.
     pub async fn scale_to_min(&self) -> anyhow::Result<()> {
         for name in self.functions.start_order() {
             let gate = self.gate(name)?;
             gate.wait_replicas(gate.floor(), READY_TIMEOUT + Duration::from_secs(5)).await?;
+            gate.armed.store(true, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -157,14 +173,15 @@ impl Activator {
         self.functions.start_order().iter().filter(|name| self.replicas(name) > 0).cloned().collect()
     }
 
-    /// SIGKILL to every replica of `name`, for tests of crashes (they are replaced).
+    /// SIGKILL to every ready replica of `name`, for tests of crashes (they are replaced).
     pub fn kill(&self, name: &str) -> anyhow::Result<()> {
         let gate = self.gate(name)?;
         gate.state().ready.iter_mut().for_each(|r| r.process.kill());
         Ok(())
     }
 
-    /// Stops accepting, then stops every replica (in reverse start order), draining each.
+    /// Stops accepting (each function's requests in flight may finish, for a while), then stops
+    /// every replica in reverse start order, draining each.
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
         for task in std::mem::take(&mut self.tasks) {
@@ -189,6 +206,9 @@ struct Gate {
     /// 0: no limit.
     container_concurrency: usize,
     decider: Mutex<Decider>,
+    /// Whether `reconcile` may start and stop replicas: once the first ones are up, so that in
+    /// always-on each function starts after the functions it calls.
+    armed: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
     /// Wakes requests waiting for a replica or capacity, and drains waiting for requests to end.
     changed: Notify,
@@ -215,8 +235,14 @@ struct State {
     idle_since: Instant,
     /// The autoscaler's last decision.
     desired: u32,
-    /// Starts that failed so far: a request waiting for a start gives up when one fails.
+    /// Starts that failed so far: a request waiting for a start gives up when one fails and
+    /// nothing else is on its way.
     failed_starts: u64,
+    /// Starts that failed since the last replica got ready, the last one's error, and when the
+    /// next may be tried (a backoff as for a crash-looping container: 1 s doubling to 1 min).
+    failures_in_a_row: u32,
+    last_error: Option<String>,
+    retry_at: Option<Instant>,
     stopping: bool,
 }
 
@@ -232,6 +258,20 @@ struct Load {
 }
 
 impl State {
+    /// Whether a new replica may be started now.
+    fn may_start(&self, now: Instant) -> bool {
+        !self.stopping && self.retry_at.is_none_or(|at| now >= at)
+    }
+
+    /// Why the function cannot serve, for the error a request gets.
+    fn failing(&self, name: &str) -> String {
+        format!(
+            "{name} failed to start {} time(s) in a row: {}",
+            self.failures_in_a_row,
+            self.last_error.as_deref().unwrap_or("no error recorded")
+        )
+    }
+
     /// Adds the time since the last change to the concurrency integral.
     fn flush(&mut self, now: Instant) {
         self.area += self.in_flight as f64 * (now - self.last_change).as_secs_f64();
@@ -306,8 +346,12 @@ impl Gate {
                 idle_since: now,
                 desired: 0,
                 failed_starts: 0,
+                failures_in_a_row: 0,
+                last_error: None,
+                retry_at: None,
                 stopping: false,
             }),
+            armed: std::sync::atomic::AtomicBool::new(false),
             changed: Notify::new(),
             client,
             version: if http2 { Version::HTTP_2 } else { Version::HTTP_11 },
@@ -353,6 +397,17 @@ impl Gate {
             });
             while connections.try_join_next().is_some() {}
         }
+        // The connections open may finish what is in flight (ingest's calls to producer too:
+        // producer's connections stay up until its own requests are done).
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.state().in_flight == 0 || tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
         connections.abort_all();
     }
 
@@ -364,7 +419,9 @@ impl Gate {
             Ok(found) => found,
             Err(e) => {
                 tracing::error!(function = %self.name, error = format!("{e:#}"), "No replica to serve the request");
-                return Ok(self.answered(arrived, answer(StatusCode::SERVICE_UNAVAILABLE, "function did not start")));
+                return Ok(
+                    self.answered(arrived, answer(StatusCode::SERVICE_UNAVAILABLE, "function did not start"))
+                );
             }
         };
         let port = load.port;
@@ -373,7 +430,9 @@ impl Gate {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(function = %self.name, error = %e, "Cannot proxy the request");
-                return Ok(self.answered(arrived, answer(StatusCode::BAD_REQUEST, "cannot proxy this request")));
+                return Ok(
+                    self.answered(arrived, answer(StatusCode::BAD_REQUEST, "cannot proxy this request"))
+                );
             }
         };
         match self.client.request(request).await {
@@ -429,12 +488,17 @@ impl Gate {
                     return Ok((replica.load.clone(), cold));
                 }
                 let failed = *failures.get_or_insert(state.failed_starts);
-                if state.failed_starts > failed {
-                    anyhow::bail!("{} did not start; see {}", self.name, self.functions.log_file(&self.name).display());
+                let nothing_coming = state.ready.is_empty() && state.starting == 0;
+                if nothing_coming && (state.failed_starts > failed || !state.may_start(Instant::now())) {
+                    anyhow::bail!(
+                        "{}; see {}",
+                        state.failing(&self.name),
+                        self.functions.log_file(&self.name).display()
+                    );
                 }
                 if state.ready.is_empty() {
                     cold = true;
-                    if state.starting == 0 && !state.stopping {
+                    if state.starting == 0 {
                         self.launch(&mut state, 1);
                     }
                 }
@@ -456,13 +520,11 @@ impl Gate {
     async fn start_replica(self: Arc<Self>) {
         let started = async {
             let mut process = self.functions.exec(&self.name)?;
-            let alive = {
+            {
                 let mut state = self.state();
                 state.alive += 1;
-                state.alive
-            };
-            self.publish(alive);
-            self.events.start(&self.name, process.pid, alive);
+                self.recorded(&state, |events, alive| events.start(&self.name, process.pid, alive));
+            }
             match self.functions.wait_ready(&self.name, &mut process).await {
                 Ok(took) => Ok((process, took)),
                 Err(e) => {
@@ -479,14 +541,21 @@ impl Gate {
                 Ok((process, took)) => {
                     let pid = process.pid;
                     tracing::info!(function = %self.name, port = process.port, pid, ready_ms = took.as_millis() as u64, replicas = state.alive, "Replica ready");
-                    self.events.ready(&self.name, pid, took, state.alive);
+                    self.recorded(&state, |events, alive| events.ready(&self.name, pid, took, alive));
                     let load = Arc::new(Load { port: process.port, in_flight: AtomicUsize::new(0) });
                     state.ready.push(Replica { load, process });
                     state.idle_since = Instant::now();
+                    (state.failures_in_a_row, state.last_error, state.retry_at) = (0, None, None);
                 }
                 Err(e) => {
                     state.failed_starts += 1;
-                    tracing::error!(function = %self.name, error = format!("{e:#}"), "Starting a replica failed");
+                    state.failures_in_a_row += 1;
+                    let backoff = BACKOFF_FIRST
+                        .saturating_mul(1 << state.failures_in_a_row.min(16).saturating_sub(1))
+                        .min(BACKOFF_MAX);
+                    state.retry_at = Some(Instant::now() + backoff);
+                    state.last_error = Some(format!("{e:#}"));
+                    tracing::error!(function = %self.name, error = format!("{e:#}"), failures_in_a_row = state.failures_in_a_row, retry_in_ms = backoff.as_millis() as u64, "Starting a replica failed");
                 }
             }
         }
@@ -495,17 +564,19 @@ impl Gate {
 
     /// Records that a process of this function is gone.
     fn exited(&self, pid: Option<u32>) {
-        let alive = {
+        {
             let mut state = self.state();
             state.alive -= 1;
-            state.alive
-        };
-        self.publish(alive);
-        self.events.stop(&self.name, pid, alive);
+            self.recorded(&state, |events, alive| events.stop(&self.name, pid, alive));
+        }
+        self.changed.notify_waiters();
     }
 
-    fn publish(&self, alive: u32) {
-        common::metrics::get().replicas.get_or_create(&self.labels).set(i64::from(alive));
+    /// Writes an event and the replica gauge with the count `state` holds, under its lock, so
+    /// both follow the starts and stops in order.
+    fn recorded(&self, state: &State, record: impl FnOnce(&Events, u32)) {
+        common::metrics::get().replicas.get_or_create(&self.labels).set(i64::from(state.alive));
+        record(&self.events, state.alive);
     }
 
     /// Waits until `n` replicas are ready (starting what is missing).
@@ -522,7 +593,11 @@ impl Gate {
                     return Ok(());
                 }
                 if state.failed_starts > failed {
-                    anyhow::bail!("{} did not start; see {}", self.name, self.functions.log_file(&self.name).display());
+                    anyhow::bail!(
+                        "{}; see {}",
+                        state.failing(&self.name),
+                        self.functions.log_file(&self.name).display()
+                    );
                 }
                 let missing = n.saturating_sub(state.ready.len() as u32 + state.starting);
                 if missing > 0 {
@@ -572,18 +647,26 @@ impl Gate {
                     if decision.desired != state.desired {
                         tracing::info!(function = %self.name, desired = decision.desired, replicas = state.alive, panic = decision.panic, stable = decision.stable, panic_value = decision.panic_value, "Autoscaler decision");
                         self.events.scale(&self.name, state.alive, decision.desired, decision.panic);
-                        common::metrics::get().desired_replicas.get_or_create(&self.labels).set(i64::from(decision.desired));
+                        common::metrics::get()
+                            .desired_replicas
+                            .get_or_create(&self.labels)
+                            .set(i64::from(decision.desired));
                         state.desired = decision.desired;
                     }
                 }
-                let idle_expired = self
-                    .idle
-                    .is_some_and(|idle| state.in_flight == 0 && state.idle_since.elapsed() >= idle);
-                let floor = if state.in_flight > 0 || (state.alive > 0 && !idle_expired) { self.floor().max(1) } else { self.floor() };
+                let idle_expired =
+                    self.idle.is_some_and(|idle| state.in_flight == 0 && state.idle_since.elapsed() >= idle);
+                let floor = if state.in_flight > 0 || (state.alive > 0 && !idle_expired) {
+                    self.floor().max(1)
+                } else {
+                    self.floor()
+                };
                 let wanted = state.desired.max(floor);
                 let wanted = if idle_expired { self.floor() } else { wanted };
                 let have = state.ready.len() as u32 + state.starting;
-                if wanted > have && !state.stopping {
+                if !self.armed.load(Ordering::Relaxed) {
+                    // scale_to_min starts the first replicas, in dependency order.
+                } else if wanted > have && state.may_start(now) {
                     self.launch(&mut state, wanted - have);
                 } else if wanted < have {
                     let surplus = ((have - wanted) as usize).min(state.ready.len());
@@ -622,23 +705,29 @@ impl Gate {
         self.exited(pid);
     }
 
-    /// At shutdown: no more starts; every replica, ready or starting, is drained and stopped.
+    /// At shutdown: no more starts; every replica — ready, starting or already draining — is
+    /// drained and stopped before this returns.
     async fn stop_all(self: &Arc<Self>) {
         self.state().stopping = true;
+        let deadline = Instant::now() + READY_TIMEOUT + DRAIN_TIMEOUT + Duration::from_secs(30);
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (ready, starting) = {
+            let (ready, gone) = {
                 let mut state = self.state();
-                (std::mem::take(&mut state.ready), state.starting)
+                (std::mem::take(&mut state.ready), state.alive == 0 && state.starting == 0)
             };
-            let stops: Vec<_> = ready.into_iter().map(|r| self.clone().drain(r)).collect();
-            futures::future::join_all(stops).await;
-            if starting == 0 {
+            if gone {
                 return;
             }
-            let _ = tokio::time::timeout(READY_TIMEOUT, notified).await;
+            for replica in ready {
+                tokio::spawn(self.clone().drain(replica));
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                tracing::warn!(function = %self.name, "Replicas still alive at the end of the shutdown");
+                return;
+            }
         }
     }
 

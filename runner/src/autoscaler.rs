@@ -125,7 +125,12 @@ impl Decider {
         if self.max_scale > 0 {
             desired = desired.min(self.max_scale);
         }
-        Decision { desired: desired.max(self.min_scale), panic: self.panic_since.is_some(), stable, panic_value }
+        Decision {
+            desired: desired.max(self.min_scale),
+            panic: self.panic_since.is_some(),
+            stable,
+            panic_value,
+        }
     }
 }
 
@@ -143,7 +148,13 @@ mod tests {
     }
 
     /// Records `seconds` seconds of `concurrency`, deciding every tick as the activator does.
-    fn run(decider: &mut Decider, ready: &mut u32, now: &mut Instant, seconds: u64, concurrency: f64) -> Decision {
+    fn run(
+        decider: &mut Decider,
+        ready: &mut u32,
+        now: &mut Instant,
+        seconds: u64,
+        concurrency: f64,
+    ) -> Decision {
         let mut last = decider.decide(*ready, *now);
         for s in 1..=seconds {
             decider.record(concurrency);

@@ -49,7 +49,12 @@ pub struct Process {
 
 impl Functions {
     /// The Services of `stack`'s manifests, on loopback ports from `base_port`.
-    pub fn new(stack: &Stack, bin_dir: PathBuf, log_dir: PathBuf, base_port: u16) -> anyhow::Result<Functions> {
+    pub fn new(
+        stack: &Stack,
+        bin_dir: PathBuf,
+        log_dir: PathBuf,
+        base_port: u16,
+    ) -> anyhow::Result<Functions> {
         let services = stack.services()?;
         let ports: BTreeMap<String, u16> =
             services.iter().zip(base_port..).map(|(s, port)| (s.name.clone(), port)).collect();
@@ -97,6 +102,20 @@ impl Functions {
         self.log_dir.join(format!("{name}.log"))
     }
 
+    /// Fails unless every function's binary is there, before anything binds or starts.
+    pub fn check_binaries(&self) -> anyhow::Result<()> {
+        for function in &self.functions {
+            let binary = self.bin_dir.join(&function.service.name);
+            if !binary.is_file() {
+                bail!(
+                    "no binary {} (build it with `cargo build --release --workspace --bins`)",
+                    binary.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Executes one replica of `name` on a free loopback port; [`Functions::wait_ready`] waits
     /// for it to serve.
     pub fn exec(&self, name: &str) -> anyhow::Result<Process> {
@@ -129,7 +148,10 @@ impl Functions {
         let url = format!("http://127.0.0.1:{}{}", process.port, function.service.readiness_path);
         loop {
             if let Some(status) = process.exited() {
-                bail!("{name} exited with {status} before it was ready; see {}", self.log_file(name).display());
+                bail!(
+                    "{name} exited with {status} before it was ready; see {}",
+                    self.log_file(name).display()
+                );
             }
             if let Ok(r) = self.http.get(&url).timeout(Duration::from_secs(1)).send().await
                 && r.status().is_success()

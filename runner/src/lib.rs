@@ -291,8 +291,12 @@ impl Runner {
         create_topics(&options.stack.kafka_brokers, &topics).await?;
 
         let events = Events::new(options.events.as_deref())?;
-        let functions =
-            Arc::new(Functions::new(&options.stack, options.bin_dir()?, options.log_dir.clone(), options.base_port)?);
+        let functions = Arc::new(Functions::new(
+            &options.stack,
+            options.bin_dir()?,
+            options.log_dir.clone(),
+            options.base_port,
+        )?);
         let activator = Activator::start(functions.clone(), events.clone(), policy.clone()).await?;
         if let Err(e) = activator.scale_to_min().await {
             activator.stop().await;

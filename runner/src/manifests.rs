@@ -519,10 +519,19 @@ impl Scaling {
             anyhow::ensure!((low..=high).contains(&n), "must be within {low}..={high}");
             Ok(n)
         };
+        let count = || -> anyhow::Result<u32> {
+            let n: u32 = value.parse().context("not a count")?;
+            anyhow::ensure!(n <= i32::MAX as u32, "must fit an int32");
+            Ok(n)
+        };
         match name {
-            "min-scale" => self.min_scale = value.parse().context("not a count")?,
-            "max-scale" => self.max_scale = value.parse().context("not a count")?,
-            "scale-to-zero-pod-retention-period" => self.retention = Some(go_duration(value)?),
+            "min-scale" => self.min_scale = count()?,
+            "max-scale" => self.max_scale = count()?,
+            "scale-to-zero-pod-retention-period" => {
+                let retention = go_duration(value)?;
+                anyhow::ensure!(retention <= Duration::from_secs(3600), "must be within 0s..1h");
+                self.retention = Some(retention);
+            }
             "target" => self.target = number(0.01, f64::MAX)?,
             "target-utilization-percentage" => self.target_utilization = number(1.0, 100.0)?,
             "window" => {
@@ -531,15 +540,15 @@ impl Scaling {
                     (Duration::from_secs(6)..=Duration::from_secs(3600)).contains(&window),
                     "must be within 6s..1h"
                 );
+                anyhow::ensure!(window.subsec_nanos() == 0, "must be whole seconds");
                 self.stable_window = window;
             }
             "panic-window-percentage" => self.panic_window_percentage = number(1.0, 100.0)?,
             "panic-threshold-percentage" => self.panic_threshold_percentage = number(110.0, 1000.0)?,
             "metric" => anyhow::ensure!(value == "concurrency", "the runner scales on concurrency only"),
-            "class" => anyhow::ensure!(
-                value == "kpa.autoscaling.knative.dev",
-                "the runner plays Knative's KPA only"
-            ),
+            "class" => {
+                anyhow::ensure!(value == "kpa.autoscaling.knative.dev", "the runner plays Knative's KPA only")
+            }
             // initial-scale, activation-scale, scale-down-delay, target-burst-capacity…: the
             // runner does not play them (README, "The local runner").
             _ => {}
@@ -769,20 +778,29 @@ mod tests {
             std::fs::write(&path, serde_json::to_string(&doc).unwrap()).unwrap();
             scaling(&path)
         };
-        let ok = overlay("        autoscaling.knative.dev/target: \"7.5\"\n        autoscaling.knative.dev/window: 20s\n").unwrap();
+        let ok = overlay(
+            "        autoscaling.knative.dev/target: \"7.5\"\n        autoscaling.knative.dev/window: 20s\n",
+        )
+        .unwrap();
         assert_eq!((ok.target, ok.stable_window), (7.5, Duration::from_secs(20)));
         assert_eq!(ok.panic_threshold_percentage, 200.0);
         for bad in [
             "autoscaling.knative.dev/min-scale: \"-1\"",
             "autoscaling.knative.dev/scale-to-zero-pod-retention-period: thirty",
             "autoscaling.knative.dev/window: 5s",
+            "autoscaling.knative.dev/window: 6500ms",
+            "autoscaling.knative.dev/scale-to-zero-pod-retention-period: 2h",
+            "autoscaling.knative.dev/max-scale: \"4294967295\"",
             "autoscaling.knative.dev/target: \"0\"",
             "autoscaling.knative.dev/panic-threshold-percentage: \"100\"",
             "autoscaling.knative.dev/metric: rps",
             "autoscaling.knative.dev/min-scale: \"3\"\n        autoscaling.knative.dev/max-scale: \"2\"",
         ] {
             let err = overlay(&format!("        {bad}\n")).unwrap_err();
-            assert!(format!("{err:#}").contains("autoscaling") || format!("{err:#}").contains("scale"), "{bad}: {err:#}");
+            assert!(
+                format!("{err:#}").contains("autoscaling") || format!("{err:#}").contains("scale"),
+                "{bad}: {err:#}"
+            );
         }
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -195,36 +195,53 @@ async fn burst(
     let metrics_url = pipeline.metrics_url()?;
     let mut locust = args.load.spawn(&pipeline.ingest_url(), &args.out)?;
     let functions: Vec<String> = pipeline.stack.services()?.into_iter().map(|s| s.name).collect();
-    let mut last = Scrape::default();
+    let mut last = (Scrape::default(), started);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tick.tick().await;
-    println!("  time  sent       accepted/s  counted    archived   lag      replicas (ingest producer counter archiver)  p99");
+    let replicas_header = format!("replicas ({})", functions.join(" "));
+    println!(
+        "  {:>5} {:<10} {:<11} {:<10} {:<10} {:<8} {:<w$} p99",
+        "time",
+        "sent",
+        "accepted/s",
+        "counted",
+        "archived",
+        "lag",
+        replicas_header,
+        w = replicas_header.len()
+    );
     while locust.running() {
         tick.tick().await;
-        let (Ok(s), Ok(now)) = (state.snapshot().await, Scrape::get(&client, &metrics_url).await) else { continue };
+        let (Ok(s), Ok(now)) = (state.snapshot().await, Scrape::get(&client, &metrics_url).await) else {
+            continue;
+        };
         let ingest = [("service", "ingest")];
-        let accepted = |m: &Scrape| m.sum("weather_runner_requests_total", &[("service", "ingest"), ("status", "202")]);
+        let accepted =
+            |m: &Scrape| m.sum("weather_runner_requests_total", &[("service", "ingest"), ("status", "202")]);
         let replicas = now.by("weather_runner_replicas", "service", &[]);
         let replicas: Vec<String> =
             functions.iter().map(|f| replicas.get(f).map_or("0".into(), |n| n.to_string())).collect();
+        let (before, at) = &last;
         let p99 = quantile(
             0.99,
-            &last.buckets("weather_runner_request_duration_seconds", &ingest),
+            &before.buckets("weather_runner_request_duration_seconds", &ingest),
             &now.buckets("weather_runner_request_duration_seconds", &ingest),
         );
+        let rate = (accepted(&now) - accepted(before)) / at.elapsed().as_secs_f64().max(0.001);
         println!(
-            "  {:>4}s {:<10} {:<11} {:<10} {:<10} {:<8} {:<45} {}",
+            "  {:>4}s {:<10} {:<11.0} {:<10} {:<10} {:<8} {:<w$} {}",
             started.elapsed().as_secs(),
             now.sum("weather_runner_requests_total", &ingest),
-            accepted(&now) - accepted(&last),
+            rate,
             s.counted.total,
             s.archived,
             s.lag,
             replicas.join(" "),
             p99.map_or("–".into(), |p| format!("{:.0} ms", p * 1000.0)),
+            w = replicas_header.len(),
         );
-        last = now;
+        last = (now, std::time::Instant::now());
     }
     let stats = locust.finish().await?;
     println!(

@@ -161,7 +161,8 @@ impl Pipeline {
 
     /// Sends `signal` to every process (replica) of a function.
     pub fn signal_function(&self, name: &str, signal: Signal) -> anyhow::Result<()> {
-        let pids: Vec<u32> = self.processes().into_iter().filter(|(n, _)| n == name).map(|(_, p)| p).collect();
+        let pids: Vec<u32> =
+            self.processes().into_iter().filter(|(n, _)| n == name).map(|(_, p)| p).collect();
         if pids.is_empty() {
             bail!("{name} is not running");
         }

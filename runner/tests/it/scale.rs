@@ -285,3 +285,51 @@ async fn a_burst_over_the_target_scales_out_then_back_to_min_scale_losing_nothin
     runner.stop().await;
     assert!(our_processes(&options).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_binary_is_an_error_before_anything_binds() {
+    let options = mode_options(Mode::ScaleToZero);
+    let empty = options.log_dir.join("no-binaries");
+    std::fs::create_dir_all(&empty).unwrap();
+    let err =
+        Runner::start(Options { bin_dir: Some(empty), ..options.clone() }).await.err().expect("refused");
+    assert!(format!("{err:#}").contains("no binary"), "{err:#}");
+    // Nothing was left listening on the functions' ports.
+    assert!(std::net::TcpListener::bind(("127.0.0.1", options.base_port)).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_function_that_cannot_start_gets_503_at_once_and_is_retried_with_a_backoff() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let options = mode_options(Mode::ScaleToZero);
+    // The real binaries, but an ingest that exits at once, as a broken build or config would.
+    let bin = options.log_dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for name in names(&options) {
+        let path = bin.join(&name);
+        if name == "ingest" {
+            std::fs::write(&path, "#!/bin/sh\necho 'no config' >&2\nexit 3\n").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        } else {
+            symlink(options.bin_dir.as_ref().unwrap().join(&name), &path).unwrap();
+        }
+    }
+    let runner =
+        Runner::start(Options { bin_dir: Some(bin), ..options.clone() }).await.expect("runner starts");
+    let url = format!("{}/input", runner.functions.url("ingest").unwrap());
+    let client = reqwest::Client::new();
+    let send =
+        || client.post(&url).header("content-type", "application/json").body(crate::tweet(0).to_string());
+    let started = Instant::now();
+    let first = send().send().await.unwrap();
+    assert_eq!(first.status(), 503);
+    assert!(started.elapsed() < Duration::from_secs(5), "waited {:?}", started.elapsed());
+    // Within the backoff a request is answered at once, and no new process is started.
+    let again = Instant::now();
+    assert_eq!(send().send().await.unwrap().status(), 503);
+    assert!(again.elapsed() < Duration::from_millis(500), "{:?}", again.elapsed());
+    let starts = of(&runner.events(), EventKind::Start, "ingest").len();
+    assert_eq!(starts, 1, "{:#?}", runner.events());
+    runner.stop().await;
+    assert!(our_processes(&options).is_empty());
+}
