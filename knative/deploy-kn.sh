@@ -6,6 +6,9 @@
 #
 #   knative/deploy-kn.sh scale-to-zero|always-on
 #
+# KN_NO_WAIT=1 returns without waiting for each Service to become Ready (knative/check-k8s
+# runs this against an API server that has no Knative controllers).
+#
 # Needs: kubectl and kn pointed at the cluster, Knative Serving + Eventing + the Kafka source
 # and sink installed, Strimzi Kafka `weather` in namespace kafka, and the Secret
 # weather-credentials in namespace weather (see knative/README.md).
@@ -66,8 +69,10 @@ apply() {
   if [[ $mode == scale-to-zero ]]; then
     scaling+=(--annotation-revision autoscaling.knative.dev/scale-to-zero-pod-retention-period=30s)
   fi
+  local wait=()
+  [[ -z ${KN_NO_WAIT:-} ]] || wait=(--no-wait)
   write_skeleton "$name"
-  kn service apply "$name" --namespace "$namespace" -f "$skeleton" \
+  kn service apply "$name" --namespace "$namespace" -f "$skeleton" "${wait[@]}" \
     --image "$registry/$name:$tag" \
     --concurrency-limit 0 --timeout 30 \
     --probe-readiness http:::/health/readiness --probe-readiness-opts PeriodSeconds=2 \

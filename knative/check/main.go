@@ -189,9 +189,21 @@ func readDocs(path string) ([][]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", path, err)
 		}
-		if len(bytes.TrimSpace(j)) > 0 && string(bytes.TrimSpace(j)) != "null" {
-			out = append(out, j)
+		if len(bytes.TrimSpace(j)) == 0 || string(bytes.TrimSpace(j)) == "null" {
+			continue
 		}
+		// `kubectl get -o yaml` answers a List: its items are the documents.
+		var list struct {
+			Kind  string            `json:"kind"`
+			Items []json.RawMessage `json:"items"`
+		}
+		if json.Unmarshal(j, &list) == nil && list.Kind == "List" {
+			for _, item := range list.Items {
+				out = append(out, item)
+			}
+			continue
+		}
+		out = append(out, j)
 	}
 }
 
