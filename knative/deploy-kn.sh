@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Deploys Weather Tweets with the kn CLI (kn >= 1.x, tested against the flags of
-# knative-v1.23): one `kn service apply` per function with the same image, env, secrets,
+# knative-v1.23): one `kn service create --force` per function with the same image, env, secrets,
 # ports, probes, resources and scaling as knative/base plus an overlay, then the dead-letter
 # KafkaSink and the two KafkaSources from knative/base; first the NetworkPolicies of knative/base.
 #
@@ -72,7 +72,10 @@ apply() {
   local wait=()
   [[ -z ${KN_NO_WAIT:-} ]] || wait=(--no-wait)
   write_skeleton "$name"
-  kn service apply "$name" --namespace "$namespace" -f "$skeleton" "${wait[@]}" \
+  # create --force replaces the whole Service, so switching modes is a clean update. Not
+  # `kn service apply`: on an existing Service (kn 1.15, knative/check-k8s showed it) it drops
+  # the container's name, which Knative then defaults to user-container.
+  kn service create --force "$name" --namespace "$namespace" -f "$skeleton" "${wait[@]}" \
     --image "$registry/$name:$tag" \
     --concurrency-limit 0 --timeout 30 \
     --probe-readiness http:::/health/readiness --probe-readiness-opts PeriodSeconds=2 \

@@ -378,6 +378,16 @@ func comparable(svc *v1.Service) map[string]any {
 	}
 	spec := svc.Spec.DeepCopy()
 	spec.Template.Annotations = strip(spec.Template.Annotations)
+	// kn writes `protocol: TCP` on the container port; Knative does not default it, but
+	// Kubernetes does in every pod made of the template (SetDefaults_ContainerPort), so the two
+	// ask for the same pod.
+	for i := range spec.Template.Spec.Containers {
+		for j := range spec.Template.Spec.Containers[i].Ports {
+			if p := &spec.Template.Spec.Containers[i].Ports[j]; p.Protocol == "" {
+				p.Protocol = corev1.ProtocolTCP
+			}
+		}
+	}
 	var s map[string]any
 	j, _ := json.Marshal(spec)
 	_ = json.Unmarshal(j, &s)
