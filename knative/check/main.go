@@ -33,6 +33,7 @@ import (
 	"strings"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -43,6 +44,7 @@ import (
 	"knative.dev/pkg/logging"
 	"knative.dev/pkg/metrics"
 	pkgtracing "knative.dev/pkg/tracing/config"
+	autoscalingv1alpha1 "knative.dev/serving/pkg/apis/autoscaling/v1alpha1"
 	apiconfig "knative.dev/serving/pkg/apis/config"
 	v1 "knative.dev/serving/pkg/apis/serving/v1"
 	autoscalercfg "knative.dev/serving/pkg/autoscaler/config"
@@ -329,6 +331,7 @@ func render(cfg *revconfig.Config, dir string, paths []string) error {
 				return fmt.Errorf("PodAutoscaler %s refused: %v", pa.Name, fe)
 			}
 			pas = append(pas, pa)
+			fmt.Printf("  %s\n", summary(cfg, d, pa))
 		}
 	}
 	if len(defaulted) == 0 {
@@ -510,4 +513,21 @@ func toAny(m map[string]string) map[string]any {
 		out[k] = v
 	}
 	return out
+}
+
+// summary is what the autoscaler will do with a Service, as it reads the PodAutoscaler.
+func summary(cfg *revconfig.Config, d *appsv1.Deployment, pa *autoscalingv1alpha1.PodAutoscaler) string {
+	var containers []string
+	for _, c := range d.Spec.Template.Spec.Containers {
+		containers = append(containers, c.Name)
+	}
+	lo, hi := pa.ScaleBounds(cfg.Autoscaler)
+	target, ok := pa.Target()
+	if !ok {
+		target = cfg.Autoscaler.ContainerConcurrencyTargetDefault
+	}
+	retention, _ := pa.ScaleToZeroPodRetention()
+	return fmt.Sprintf("%s: Deployment %s (%s); PodAutoscaler %s: %s, metric %s, target %g, scale %d..%d, retention %s",
+		pa.Labels["serving.knative.dev/service"], d.Name, strings.Join(containers, " + "), pa.Name,
+		pa.Class(), pa.Metric(), target, lo, hi, retention)
 }
