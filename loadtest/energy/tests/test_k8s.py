@@ -129,8 +129,9 @@ class Model:
         assert r.cold_starts.by_function == dict.fromkeys(FUNCTIONS, cold)
         for f in FUNCTIONS:
             assert max(r.processes[f]) == 1 and min(r.processes[f]) == (0 if cold else 1), f
-        # Node power: rate over the last minute, at each step outside the bursts.
-        rate = lambda t: self.integral(lambda u: sum(self.node_w(u)), t - 60, t) / 60  # noqa: E731
+        # Node power: rate over the last minute, at each step outside the bursts. Prometheus takes
+        # the samples in (t − 60 s, t], 55 s apart at the ends, and extrapolates their slope.
+        rate = lambda t: self.integral(lambda u: sum(self.node_w(u)), t - 55, t) / 55  # noqa: E731
         grid = [start + k * step_s for k in range(int((end - start) / step_s) + 1)]
         outside = [rate(t) for t in grid if not any(b0 <= t <= b1 for b0, b1 in self.bursts)]
         assert r.idle_power_w == approx(sum(outside) / len(outside))
