@@ -1,3 +1,6 @@
+// Builds kn v0.42.0 (Knative 1.15) for knative/check-k8s (dev/k8s/build). The checksum database
+// answers no lookup for knative.dev/client-pkg, so its go.sum lines were added once with
+// GONOSUMDB=knative.dev/client-pkg; builds verify against go.sum and need no lookup.
 module weathertweets/dev/k8s/kn
 
 go 1.26.0
