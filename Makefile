@@ -36,6 +36,7 @@ check: lint
 	target/release/tools faults --short
 	knative/validate
 	bash grafana/validate.sh
+	knative/check-k8s && grafana/check-prometheus
 	CARGO=$(CARGO) images/check
 	$(VENV)/bin/python -m pytest -q -m experiment loadtest/energy
 	$(VENV)/bin/python -m pytest -q loadtest knative

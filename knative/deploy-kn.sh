@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Deploys Weather Tweets with the kn CLI (kn >= 1.x, tested against the flags of
-# knative-v1.23): one `kn service apply` per function with the same image, env, secrets,
+# knative-v1.23): one `kn service create --force` per function with the same image, env, secrets,
 # ports, probes, resources and scaling as knative/base plus an overlay, then the dead-letter
 # KafkaSink and the two KafkaSources from knative/base; first the NetworkPolicies of knative/base.
 #
 #   knative/deploy-kn.sh scale-to-zero|always-on
+#
+# KN_NO_WAIT=1 returns without waiting for each Service to become Ready (knative/check-k8s
+# runs this against an API server that has no Knative controllers).
 #
 # Needs: kubectl and kn pointed at the cluster, Knative Serving + Eventing + the Kafka source
 # and sink installed, Strimzi Kafka `weather` in namespace kafka, and the Secret
@@ -66,8 +69,13 @@ apply() {
   if [[ $mode == scale-to-zero ]]; then
     scaling+=(--annotation-revision autoscaling.knative.dev/scale-to-zero-pod-retention-period=30s)
   fi
+  local wait=()
+  [[ -z ${KN_NO_WAIT:-} ]] || wait=(--no-wait)
   write_skeleton "$name"
-  kn service apply "$name" --namespace "$namespace" -f "$skeleton" \
+  # create --force replaces the whole Service, so switching modes is a clean update. Not
+  # `kn service apply`: on an existing Service (kn 1.15, knative/check-k8s showed it) it drops
+  # the container's name, which Knative then defaults to user-container.
+  kn service create --force "$name" --namespace "$namespace" -f "$skeleton" "${wait[@]}" \
     --image "$registry/$name:$tag" \
     --concurrency-limit 0 --timeout 30 \
     --probe-readiness http:::/health/readiness --probe-readiness-opts PeriodSeconds=2 \

@@ -17,6 +17,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -62,6 +63,7 @@ const builtinAnnotationUID = "-- Grafana --"
 // Catalog is what the dashboards are checked against.
 type Catalog struct {
 	Metrics     map[string]string // metric name → type (counter, gauge, histogram)
+	Exporters   map[string]string // metric name → its exporter in metrics.yaml
 	Datasources map[string]string // uid → plugin type
 }
 
@@ -112,7 +114,7 @@ func LoadCatalog(grafanaDir string) (*Catalog, error) {
 	if err := decodeYAMLStrict(filepath.Join(grafanaDir, "metrics.yaml"), &mf); err != nil {
 		return nil, err
 	}
-	c := &Catalog{Metrics: map[string]string{}, Datasources: map[string]string{}}
+	c := &Catalog{Metrics: map[string]string{}, Exporters: map[string]string{}, Datasources: map[string]string{}}
 	metricName := regexp.MustCompile(`^[a-zA-Z_:][a-zA-Z0-9_:]*$`)
 	for exporter, e := range mf.Exporters {
 		if e.Verified == "" {
@@ -134,6 +136,7 @@ func LoadCatalog(grafanaDir string) (*Catalog, error) {
 				return nil, fmt.Errorf("metrics.yaml: %s listed twice", m.Name)
 			}
 			c.Metrics[m.Name] = m.Type
+			c.Exporters[m.Name] = exporter
 		}
 	}
 	var df datasourcesFile
@@ -455,9 +458,14 @@ func init() {
 }
 
 func main() {
+	prometheus := flag.String("prometheus", "", "instead of the offline checks, run every PromQL expression against this Prometheus")
+	flag.Parse()
 	dir := "../"
-	if len(os.Args) > 1 {
-		dir = os.Args[1]
+	if flag.NArg() > 0 {
+		dir = flag.Arg(0)
+	}
+	if *prometheus != "" {
+		os.Exit(runQueries(dir, *prometheus))
 	}
 	problems, n, err := ValidateDir(dir)
 	if err != nil {

@@ -1,18 +1,17 @@
-"""The Kubernetes experiment's queries and report, against recorded Prometheus answers served by
-a local HTTP server shaped exactly like Prometheus' HTTP API (no cluster needed)."""
+"""The Kubernetes experiment's queries and report, against a real Prometheus holding Kepler- and
+Knative-shaped series backfilled from a model of each mode (``fixtures/k8s/<mode>/model.json``
+over its ``run.json``): the figures the analysis finds in Prometheus' answers must be the model's,
+and plausible mistakes in a query must miss them (no cluster needed)."""
 
 import json
 import re
 import shutil
-import threading
-import urllib.parse
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 
 from .. import accounting, k8s
+from .prometheus import BackfilledPrometheus
 
 FIXTURES = Path(__file__).parent / "fixtures" / "k8s"
 METRICS_YAML = Path(__file__).parents[3] / "grafana" / "metrics.yaml"
@@ -35,78 +34,184 @@ def test_queries_select_the_namespaces_and_one_zone():
     assert q["replicas"][1] == 'sum by (kn_service_name) (kn_revision_pods_count{k8s_namespace_name="weather"})'
 
 
-class FakePrometheus(BaseHTTPRequestHandler):
-    """Answers each known query with the recorded answer of the mode being served."""
-
-    answers: ClassVar[dict] = {}
-    seen: ClassVar[list] = []
-
-    def do_GET(self):
-        url = urllib.parse.urlparse(self.path)
-        params = dict(urllib.parse.parse_qsl(url.query))
-        FakePrometheus.seen.append((url.path, params))
-        body = self.answers.get((url.path, params["query"]))
-        if body is None:
-            body = {"status": "error", "errorType": "bad_data", "error": "unknown query"}
-        data = json.dumps(body).encode()
-        self.send_response(200 if body["status"] == "success" else 400)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+STEP_S = 5  # Kepler's and Knative's scrape interval in the series written below
+FUNCTIONS = ("ingest", "producer", "counter", "archiver")
 
 
-@pytest.fixture
-def prometheus():
-    server = HTTPServer(("127.0.0.1", 0), FakePrometheus)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+class Model:
+    """A mode's power and replicas (``fixtures/k8s/<mode>/model.json``) over its ``run.json``
+    plan, written as the series Kepler and Knative export; and the figures they must give."""
+
+    def __init__(self, folder: Path) -> None:
+        self.m = json.loads((folder / "model.json").read_text())
+        self.run = k8s.Run.from_json(json.loads((folder / "run.json").read_text()))
+        self.bursts = self.run.plan.bursts_at()
+        start, end = self.run.window
+        self.times = [float(t) for t in range(int(start) - 300, int(end) + 61, STEP_S)]
+
+    def busy(self, t: float) -> bool:
+        return any(b0 <= t < b1 for b0, b1 in self.bursts)
+
+    def replicas(self, t: float) -> int:
+        if self.m["replicas"] == "always-on":
+            return 1
+        return int(any(b0 <= t < b1 + self.m["scale_down_after_s"] for b0, b1 in self.bursts))
+
+    def pod_w(self, ns: str, t: float) -> float:
+        """Package watts of a namespace's pods over [t, t + STEP_S)."""
+        if ns == "weather" and not self.replicas(t):
+            return 0.0
+        return self.m["pods_w"][ns][int(self.busy(t))]
+
+    def node_w(self, t: float) -> tuple[float, float]:
+        """Package watts of the node: (idle, active)."""
+        return self.m["node_idle_w"], self.m["system_w"] + sum(self.pod_w(ns, t) for ns in self.m["pods_w"])
+
+    def integral(self, watts, t0: float, t1: float) -> float:
+        return sum(watts(t) * STEP_S for t in self.times if t0 <= t < t1)
+
+    def openmetrics(self) -> str:
+        """Kepler's node and pod joule counters (zones package and dram) and Knative's ready pods."""
+        lines = []
+        dram = self.m["dram_factor"]
+        node = {"total": lambda t: sum(self.node_w(t)), "idle": lambda t: self.node_w(t)[0],
+                "active": lambda t: self.node_w(t)[1]}
+        for family, part in (("kepler_node_cpu_joules", "total"), ("kepler_node_cpu_idle_joules", "idle"),
+                             ("kepler_node_cpu_active_joules", "active")):
+            lines.append(f"# TYPE {family} counter")
+            for zone, factor in (("package", 1.0), ("dram", dram)):
+                joules = 0.0
+                for t in self.times:
+                    lines.append(f'{family}_total{{zone="{zone}",path="/sys/class/powercap/intel-rapl:0",'
+                                 f'node_name="node-1"}} {joules:.3f} {t:.0f}')
+                    joules += node[part](t) * factor * STEP_S
+        # One pod per namespace, four in weather; a function's pod is new after each scale from zero.
+        lines.append("# TYPE kepler_pod_cpu_joules counter")
+        for ns in self.m["pods_w"]:
+            pods = [f"{f}-00001-deployment" for f in FUNCTIONS] if ns == "weather" else [f"{ns}-pod"]
+            for zone, factor in (("package", 1.0), ("dram", dram)):
+                for pod in pods:
+                    joules, generation, running = 0.0, 0, False
+                    for t in self.times:
+                        up = ns != "weather" or bool(self.replicas(t))
+                        if up and not running:
+                            generation, joules = generation + 1, 0.0
+                        running = up
+                        if not up:
+                            continue
+                        name = f"{pod}-{generation}"
+                        lines.append(f'kepler_pod_cpu_joules_total{{pod_id="{ns}/{name}",pod_name="{name}",'
+                                     f'pod_namespace="{ns}",state="running",zone="{zone}",node_name="node-1"}} '
+                                     f"{joules:.3f} {t:.0f}")
+                        joules += self.pod_w(ns, t) / len(pods) * factor * STEP_S
+        lines.append("# TYPE kn_revision_pods_count gauge")
+        for ns, count in (("weather", self.replicas), ("elsewhere", lambda t: 5)):
+            for f in FUNCTIONS:
+                for t in self.times:
+                    lines.append(f'kn_revision_pods_count{{k8s_namespace_name="{ns}",kn_service_name="{f}",'
+                                 f'kn_configuration_name="{f}",kn_revision_name="{f}-00001"}} {count(t)} {t:.0f}')
+        return "\n".join(lines) + "\n# EOF\n"
+
+    def check(self, r: accounting.ModeFigures, step_s: float) -> None:
+        """The figures the analysis must find in Prometheus' answers to the experiment's queries."""
+        start, end = self.run.window
+        approx = lambda x: pytest.approx(x, rel=0.03)  # noqa: E731 — increase() extrapolates at the edges
+        for ns in k8s.NAMESPACES:
+            assert r.energy_j.get(ns, 0.0) == approx(self.integral(lambda t, ns=ns: self.pod_w(ns, t), start, end)), ns
+        node = self.integral(lambda t: sum(self.node_w(t)), start, end)
+        idle = self.integral(lambda t: self.node_w(t)[0], start, end)
+        assert r.energy_j[accounting.IDLE] == approx(idle)
+        assert r.total_j == approx(node)
+        # The system's watts and the pods of namespaces not followed.
+        other = self.integral(lambda t: self.m["system_w"] + self.pod_w("default", t), start, end)
+        assert r.energy_j[accounting.OTHER] == pytest.approx(other, rel=0.1)
+        cold = len(self.bursts) if self.m["replicas"] == "scale-to-zero" else 0
+        assert r.cold_starts.by_function == dict.fromkeys(FUNCTIONS, cold)
+        for f in FUNCTIONS:
+            assert max(r.processes[f]) == 1 and min(r.processes[f]) == (0 if cold else 1), f
+        # Node power: rate over the last minute, at each step outside the bursts. Prometheus takes
+        # the samples in (t − 60 s, t], 55 s apart at the ends, and extrapolates their slope.
+        rate = lambda t: self.integral(lambda u: sum(self.node_w(u)), t - 55, t) / 55  # noqa: E731
+        grid = [start + k * step_s for k in range(int((end - start) / step_s) + 1)]
+        outside = [rate(t) for t in grid if not any(b0 <= t <= b1 for b0, b1 in self.bursts)]
+        assert r.idle_power_w == approx(sum(outside) / len(outside))
+        assert r.j_per_1000_tweets == pytest.approx(r.total_j / self.run.locust.accepted * 1000)
 
 
-def test_collect_uses_query_and_query_range_and_returns_the_answers(prometheus):
-    window = (1764400000.0, 1764400600.0)
-    recorded = FIXTURES / "scale-to-zero" / "prometheus"
-    FakePrometheus.answers = {}
-    FakePrometheus.seen = []
-    for name, (kind, expr) in k8s.queries(600).items():
-        path = "/api/v1/query" if kind == "instant" else "/api/v1/query_range"
-        FakePrometheus.answers[(path, expr)] = json.loads((recorded / f"{name}.json").read_text())
-    answers = k8s.collect(k8s.Prometheus(prometheus), window, step_s=15)
-    assert set(answers) == set(k8s.queries(600))
-    ranges = [p for path, p in FakePrometheus.seen if path == "/api/v1/query_range"]
-    assert ranges and all((p["start"], p["end"], p["step"]) == ("1764400000.000", "1764400600.000", "15s")
-                          for p in ranges)
-    assert all(p["time"] == "1764400600.000" for path, p in FakePrometheus.seen if path == "/api/v1/query")
+def collect_and_save(url: str, mode: str, out: Path, step_s: float = 15) -> None:
+    """What ``run_mode`` saves of a mode: Prometheus' answers to every query over the window."""
+    shutil.copytree(FIXTURES / mode, out / mode)
+    run = k8s.Run.from_json(json.loads((out / mode / "run.json").read_text()))
+    answers = k8s.collect(k8s.Prometheus(url), run.window, step_s=step_s)
+    (out / mode / "prometheus").mkdir()
+    for name, answer in answers.items():
+        (out / mode / "prometheus" / f"{name}.json").write_text(json.dumps(answer))
+
+
+@pytest.fixture(scope="module")
+def prometheus_of(tmp_path_factory):
+    """mode → the URL of a real Prometheus holding that mode's series (one per mode: both modes'
+    runs cover the same recorded window)."""
+    servers, urls = [], {}
+
+    def start(mode: str) -> str:
+        if mode not in urls:
+            server = BackfilledPrometheus(Model(FIXTURES / mode).openmetrics(), tmp_path_factory.mktemp(mode))
+            urls[mode] = server.__enter__()
+            servers.append(server)
+        return urls[mode]
+
+    yield start
+    for server in servers:
+        server.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("mode", k8s.MODES)
+def test_the_queries_on_a_real_prometheus_give_the_model(prometheus_of, tmp_path, mode):
+    collect_and_save(prometheus_of(mode), mode, tmp_path)
+    figures = k8s.analyse_folder(tmp_path / mode, grid_g_per_kwh=400)
+    Model(FIXTURES / mode).check(figures, step_s=15)
+    doubled = k8s.analyse_folder(tmp_path / mode, grid_g_per_kwh=400, pue=2.0)
+    assert doubled.total_j == pytest.approx(2 * figures.total_j) and doubled.energy_source.endswith("× PUE 2.0")
+    assert figures.energy_source.startswith("Kepler") and "PUE" not in figures.energy_source
+
+
+# Each a plausible mistake in a query; the real Prometheus' answers must then miss the model.
+WRONG_QUERIES = {
+    "no zone matcher (package and dram summed)": lambda q: {
+        k: (kind, expr.replace(',zone="package"', "").replace('{zone="package"}', ""))
+        for k, (kind, expr) in q.items()},
+    "rate where increase is meant": lambda q: {
+        k: (kind, expr.replace("increase(", "rate(")) for k, (kind, expr) in q.items()},
+    "replicas of every namespace": lambda q: {
+        **q, "replicas": ("range", "sum by (kn_service_name) (kn_revision_pods_count)")},
+    "a misspelt label": lambda q: {
+        k: (kind, expr.replace("pod_namespace", "namespace")) for k, (kind, expr) in q.items()},
+}
+
+
+@pytest.mark.parametrize("mistake", WRONG_QUERIES)
+def test_a_wrong_query_misses_the_model(prometheus_of, tmp_path, monkeypatch, mistake):
+    mode = "scale-to-zero"
+    right = k8s.queries
+    monkeypatch.setattr(k8s, "queries", lambda *a, **kw: WRONG_QUERIES[mistake](right(*a, **kw)))
+    try:
+        collect_and_save(prometheus_of(mode), mode, tmp_path)
+        figures = k8s.analyse_folder(tmp_path / mode, grid_g_per_kwh=400)
+    except (k8s.PrometheusError, KeyError, ValueError):
+        return  # refused or unusable: caught too
+    with pytest.raises(AssertionError):
+        Model(FIXTURES / mode).check(figures, step_s=15)
+
+
+def test_collect_reports_prometheus_errors(prometheus_of):
     with pytest.raises(k8s.PrometheusError, match="bad_data"):
-        k8s.Prometheus(prometheus).query("up", 0)
+        k8s.Prometheus(prometheus_of("scale-to-zero")).query("sum(", 0)
 
 
-def test_analysis_of_recorded_answers():
-    r = k8s.analyse_folder(FIXTURES / "scale-to-zero", grid_g_per_kwh=400)
-    assert r.energy_j["weather"] == 900.0
-    assert r.energy_j[accounting.IDLE] == 5000.0
-    # 9000 node − 5000 idle − 3150 in the five namespaces.
-    assert r.energy_j[accounting.OTHER] == pytest.approx(850.0)
-    assert r.total_j == pytest.approx(9000.0)
-    assert r.co2e_g == pytest.approx(9000 / 3.6e6 * 400)
-    # Two bursts, each followed by a scale from zero of every service.
-    assert r.cold_starts.by_function == {"archiver": 2, "counter": 2, "ingest": 2, "producer": 2}
-    assert max(r.processes["ingest"]) == 1 and min(r.processes["ingest"]) == 0
-    assert r.idle_power_w == pytest.approx(12.0)
-    assert r.j_per_1000_tweets == pytest.approx(150.0)
-    assert r.energy_source.startswith("Kepler") and "PUE" not in r.energy_source
-    always = k8s.analyse_folder(FIXTURES / "always-on", grid_g_per_kwh=400)
-    assert always.cold_starts.count == 0 and min(always.processes["ingest"]) == 1
-    doubled = k8s.analyse_folder(FIXTURES / "scale-to-zero", grid_g_per_kwh=400, pue=2.0)
-    assert doubled.total_j == pytest.approx(18000.0) and doubled.energy_source.endswith("× PUE 2.0")
-
-
-def test_report_from_recorded_answers(tmp_path):
-    shutil.copytree(FIXTURES, tmp_path / "k8s")
+def test_report_from_a_real_prometheus(prometheus_of, tmp_path):
+    for mode in k8s.MODES:
+        collect_and_save(prometheus_of(mode), mode, tmp_path / "k8s")
     md = k8s.write_report(tmp_path / "k8s", k8s.MODES, 481.0, "test source")
     text = md.read_text()
     assert "Kepler" in text and "knative-eventing" in text and "| kafka |" in text
