@@ -216,10 +216,24 @@ def test_report_from_a_real_prometheus(prometheus_of, tmp_path):
     text = md.read_text()
     assert "Kepler" in text and "knative-eventing" in text and "| kafka |" in text
     # Each service's pods beside the energy; single starts are not in Knative's count.
-    assert "| ingest | scale-to-zero | – | – | 270.0 | – | 1 | – | 2 | 2 |" in text
-    assert "| function replica-seconds (the autoscaler's replicas) | 2,400 | 1,080 |" in text
+    assert "| ingest | scale-to-zero | – | – | 300.0 | – | 1 | – | 2 | 2 |" in text
+    assert "| function replica-seconds (the autoscaler's replicas) | 2,400 | 1,200 |" in text
     for png in ("replicas.png", "processes.png", "power.png", "energy_components.png", "per_mode.png",
                 "cold_starts.png"):
         assert (tmp_path / "k8s" / png).stat().st_size > 0
     figures = json.loads((tmp_path / "k8s" / "report.json").read_text())
     assert [m["mode"] for m in figures["modes"]] == ["always-on", "scale-to-zero"]
+
+
+def test_replicas_from_knative_pod_counts(prometheus_of, tmp_path):
+    for mode in k8s.MODES:
+        collect_and_save(prometheus_of(mode), mode, tmp_path)
+    r = k8s.analyse_folder(tmp_path / "scale-to-zero", grid_g_per_kwh=400)
+    # The model: one pod per service from each burst's start (120 s, 360 s into the window) to
+    # 90 s after its end (270 s, 510 s).
+    assert r.replicas.steps["ingest"] == [(0.0, 0), (120.0, 1), (270.0, 0), (360.0, 1), (510.0, 0)]
+    assert r.replicas.seconds == {f: 300.0 for f in ("archiver", "counter", "ingest", "producer")}
+    assert r.replicas.from_zero["ingest"] == 2 and r.replicas.max["ingest"] == 1
+    assert r.replicas.starts is None and r.replicas.desired["ingest"] == []
+    always = k8s.analyse_folder(tmp_path / "always-on", grid_g_per_kwh=400)
+    assert always.replicas.steps["counter"] == [(0.0, 1)] and always.replicas.seconds["counter"] == 600.0

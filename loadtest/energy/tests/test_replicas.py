@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from .. import accounting, k8s, report, sampler
+from .. import accounting, report, sampler
 from ..accounting import Counts, LocustStats, Plan, PowerModel
-from .test_accounting import FIXTURES, sample, synthetic_run
+from .test_accounting import sample, synthetic_run
 
 WINDOW = (100.0, 130.0)
 
@@ -108,17 +108,6 @@ def test_step_integral():
     assert accounting.step_integral([(0.0, 2), (3.0, 0), (4.0, 1)], 10.0) == 6 + 0 + 6
     assert accounting.step_integral([(2.0, 1)], 5.0) == 3.0
     assert accounting.step_integral([], 5.0) == 0
-
-
-def test_replicas_from_knative_pod_counts():
-    r = k8s.analyse_folder(FIXTURES / "k8s" / "scale-to-zero", grid_g_per_kwh=400)
-    # Every service: one pod from 120 to 255 s and from 360 to 495 s of the 600 s window.
-    assert r.replicas.steps["ingest"] == [(0.0, 0), (120.0, 1), (255.0, 0), (360.0, 1), (495.0, 0)]
-    assert r.replicas.seconds == {f: 270.0 for f in ("archiver", "counter", "ingest", "producer")}
-    assert r.replicas.from_zero["ingest"] == 2 and r.replicas.max["ingest"] == 1
-    assert r.replicas.starts is None and r.replicas.desired["ingest"] == []
-    always = k8s.analyse_folder(FIXTURES / "k8s" / "always-on", grid_g_per_kwh=400)
-    assert always.replicas.steps["counter"] == [(0.0, 1)] and always.replicas.seconds["counter"] == 600.0
 
 
 def test_cpu_deltas_sum_the_processes_of_one_function():
