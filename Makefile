@@ -60,6 +60,16 @@ bench:
 	$(CARGO) build --release --workspace --bins
 	target/release/tools bench
 
+.PHONY: profile
+## profile: the runner and the functions under load with valgrind's callgrind (symbols kept:
+## the `profiling` build); a flame graph per process in target/profile/<process>.svg, the
+## instructions per tweet in target/profile/profile.json (PROFILE_ARGS="--tweets 4000 …")
+profile:
+	dev/stack up
+	command -v valgrind >/dev/null || dev/stack install
+	$(CARGO) build --profile profiling --workspace --bins
+	target/profiling/tools profile --binaries target/profiling $(PROFILE_ARGS)
+
 .PHONY: energy
 ## energy: scale-to-zero vs always-on under Locust bursts; report in target/energy (ENERGY_ARGS="--users 40 …")
 energy: $(LOCUST)

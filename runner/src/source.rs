@@ -73,6 +73,24 @@ struct Failure {
     error: String,
 }
 
+/// The librdkafka settings of a source's consumer, the one place they are written (`make
+/// bench`'s raw consumer baseline uses them too).
+pub fn consumer_config(brokers: &str, group: &str, initial_offset: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", "1000")
+        .set("auto.offset.reset", initial_offset)
+        .set("isolation.level", "read_committed")
+        // A runner killed without leaving its group holds its partitions until the session
+        // times out; the broker's minimum (6 s) lets a restart resume soon.
+        .set("session.timeout.ms", "6000");
+    config
+}
+
 impl Source {
     /// Subscribes and starts delivering until `shutdown` turns true.
     pub fn start(
@@ -84,17 +102,7 @@ impl Source {
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Source> {
         let consumer: Arc<StreamConsumer> = Arc::new(
-            ClientConfig::new()
-                .set("bootstrap.servers", brokers)
-                .set("group.id", &source.consumer_group)
-                .set("enable.auto.commit", "true")
-                .set("enable.auto.offset.store", "false")
-                .set("auto.commit.interval.ms", "1000")
-                .set("auto.offset.reset", &source.initial_offset)
-                .set("isolation.level", "read_committed")
-                // A runner killed without leaving its group holds its partitions until the
-                // session times out; the broker's minimum (6 s) lets a restart resume soon.
-                .set("session.timeout.ms", "6000")
+            consumer_config(brokers, &source.consumer_group, &source.initial_offset)
                 .create()
                 .context("creating the Kafka consumer")?,
         );

@@ -4,10 +4,13 @@
 //! ([`pipeline`]), drive Locust ([`load`]) and read the pipeline's state in one place
 //! ([`state`]).
 
+pub mod anchor;
 pub mod bench;
+pub mod callgrind;
 pub mod demo;
 pub mod faults;
 pub mod load;
 pub mod pipeline;
+pub mod profile;
 pub mod replay;
 pub mod state;

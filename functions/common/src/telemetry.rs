@@ -21,7 +21,7 @@ use opentelemetry::{
 use opentelemetry_sdk::{
     Resource,
     propagation::TraceContextPropagator,
-    trace::{Sampler, SdkTracerProvider},
+    trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider},
 };
 use std::io::IsTerminal;
 use tracing::{Instrument, Span, field::Empty};
@@ -79,7 +79,9 @@ fn provider(service: &'static str) -> SdkTracerProvider {
         SdkTracerProvider::builder().with_resource(Resource::builder().with_service_name(service).build());
     let exporter = exporting().then(|| opentelemetry_otlp::SpanExporter::builder().with_tonic().build());
     match exporter {
-        Some(Ok(exporter)) => builder.with_batch_exporter(exporter),
+        Some(Ok(exporter)) => builder.with_span_processor(
+            BatchSpanProcessor::builder(exporter).with_batch_config(batch_config()).build(),
+        ),
         Some(Err(e)) => {
             eprintln!("OTLP trace exporter disabled: {e}");
             builder.with_sampler(Sampler::AlwaysOff)
@@ -88,6 +90,35 @@ fn provider(service: &'static str) -> SdkTracerProvider {
     }
     .build()
 }
+
+/// The batch span processor's queue, batch and delay: the `OTEL_BSP_*` variables when set, else
+/// ours, sized from `make bench` (see README, "Performance"). The SDK's defaults (a queue of
+/// 2,048 spans, batches of 512, one export at a time) dropped thousands of spans per bench run:
+/// at 5,000 tweets/s the runner alone ends 20,000 spans a second, and one export to a Jaeger on
+/// the same cores takes tens of milliseconds. A span whose queue is full is dropped and
+/// counted; the SDK logs the count at shutdown (`BatchSpanProcessor.SpansDropped`,
+/// `dropped_span_count`), which the bench adds up.
+pub fn batch_config() -> opentelemetry_sdk::trace::BatchConfig {
+    let unset = |name: &str| std::env::var_os(name).is_none();
+    let mut config = BatchConfigBuilder::default();
+    if unset("OTEL_BSP_MAX_QUEUE_SIZE") {
+        config = config.with_max_queue_size(MAX_QUEUE_SPANS);
+    }
+    if unset("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") {
+        config = config.with_max_export_batch_size(EXPORT_BATCH_SPANS);
+    }
+    if unset("OTEL_BSP_SCHEDULE_DELAY") {
+        config = config.with_scheduled_delay(EXPORT_DELAY);
+    }
+    config.build()
+}
+
+/// Spans a process may hold before the exporter takes them (a few seconds at full load).
+pub const MAX_QUEUE_SPANS: usize = 65_536;
+/// Spans per OTLP export request.
+pub const EXPORT_BATCH_SPANS: usize = 4_096;
+/// Longest a span waits for a batch to fill.
+pub const EXPORT_DELAY: std::time::Duration = std::time::Duration::from_millis(1_000);
 
 /// Writes `span`'s context as `traceparent` (and `tracestate`) into a carrier.
 pub fn inject(span: &Span, carrier: &mut dyn Injector) {
