@@ -204,17 +204,25 @@ pub async fn run(stack: &Stack, args: BenchArgs) -> anyhow::Result<Report> {
     println!("[1/7] raw rdkafka producer (baseline, the producer's own client settings)…");
     // A broker just started runs interpreted Java for a while: warm it up, untimed, first.
     let warm_topic = format!("bench-raw-warm-{}", std::process::id());
-    phase("1/7 raw producer, warm-up", args.phase_timeout(args.tweets), raw_producer(stack, &args, &warm_topic))
-        .await?;
+    phase(
+        "1/7 raw producer, warm-up",
+        args.phase_timeout(args.tweets),
+        raw_producer(stack, &args, &warm_topic),
+    )
+    .await?;
     let raw_topic = format!("bench-raw-{}", std::process::id());
-    let raw = phase("1/7 raw producer", args.phase_timeout(args.tweets), raw_producer(stack, &args, &raw_topic))
-        .await?;
+    let raw =
+        phase("1/7 raw producer", args.phase_timeout(args.tweets), raw_producer(stack, &args, &raw_topic))
+            .await?;
     println!("      {:.0} records/s, {:.1} CPU-µs per record", raw.per_s, raw.cpu_us);
 
     println!("[2/7] raw rdkafka consumer (the runner's consumer settings), reading those records…");
-    let consumer =
-        phase("2/7 raw consumer", args.phase_timeout(args.tweets), raw_consumer(stack, &raw_topic, args.tweets))
-            .await?;
+    let consumer = phase(
+        "2/7 raw consumer",
+        args.phase_timeout(args.tweets),
+        raw_consumer(stack, &raw_topic, args.tweets),
+    )
+    .await?;
     println!("      {:.0} records/s, {:.1} CPU-µs per record", consumer.per_s, consumer.cpu_us);
 
     println!("[3/7] anchor: a minimal hyper server, driven by the same load generator…");
@@ -229,10 +237,16 @@ pub async fn run(stack: &Stack, args: BenchArgs) -> anyhow::Result<Report> {
     let ingest_only = start(stack, &args, &run_id, false, None).await?;
     let ingest_pids = processes(&ingest_only);
     let before = cpu_times(&ingest_pids);
-    let load = closed_loop(&ingest_only.ingest_url(), args.tweets, args.connections, args.phase_timeout(args.tweets))
-        .await
-        .context("phase 4/7 (ingest → Kafka)");
-    let ingest_cpu = per_tweet(&before, &cpu_times(&ingest_pids), load.as_ref().map_or(1, |l| l.accepted.len()));
+    let load = closed_loop(
+        &ingest_only.ingest_url(),
+        args.tweets,
+        args.connections,
+        args.phase_timeout(args.tweets),
+    )
+    .await
+    .context("phase 4/7 (ingest → Kafka)");
+    let ingest_cpu =
+        per_tweet(&before, &cpu_times(&ingest_pids), load.as_ref().map_or(1, |l| l.accepted.len()));
     ingest_only.stop().await;
     let load = load?;
     let ingest_rate = load.accepted.len() as f64 / load.elapsed.as_secs_f64();
@@ -314,7 +328,10 @@ pub async fn run(stack: &Stack, args: BenchArgs) -> anyhow::Result<Report> {
         .into_iter()
         .filter_map(|p| Some((p.to_owned(), e2e.cpu.get(p)? / anchor.server_cpu_us.max(1e-9))))
         .collect();
-    println!("      CPU-µs per tweet (round 1, tracing off), peak RSS, and × the anchor's {:.1} µs:", anchor.server_cpu_us);
+    println!(
+        "      CPU-µs per tweet (round 1, tracing off), peak RSS, and × the anchor's {:.1} µs:",
+        anchor.server_cpu_us
+    );
     for (process, us) in &e2e.cpu {
         let rss = e2e.peak_rss_mb.get(process).copied().unwrap_or(0.0);
         match hops.get(process) {
@@ -387,7 +404,10 @@ async fn end_to_end_phase(
     label: &str,
 ) -> anyhow::Result<EndToEnd> {
     let run_id = format!("bench-e2e-{}-{label}", std::process::id());
-    let name = format!("6–7/7 end to end ({label}, {tweets} tweets, tracing {})", if otlp.is_some() { "on" } else { "off" });
+    let name = format!(
+        "6–7/7 end to end ({label}, {tweets} tweets, tracing {})",
+        if otlp.is_some() { "on" } else { "off" }
+    );
     let pipeline = start(stack, args, &run_id, true, otlp).await.with_context(|| format!("phase {name}"))?;
     let run = end_to_end(&pipeline, args, tweets).await.with_context(|| format!("phase {name}"));
     let log_dir = pipeline.log_dir.clone();
@@ -477,7 +497,10 @@ async fn raw_producer(stack: &Stack, args: &BenchArgs, topic: &str) -> anyhow::R
 /// Reads `expected` records of `topic` from the start with the runner's consumer settings
 /// (`runner::source::consumer_config`), in a fresh group.
 async fn raw_consumer(stack: &Stack, topic: &str, expected: usize) -> anyhow::Result<Rate> {
-    use rdkafka::{Message, consumer::{Consumer, StreamConsumer}};
+    use rdkafka::{
+        Message,
+        consumer::{Consumer, StreamConsumer},
+    };
     let group = format!("{topic}-raw-consumer");
     let consumer: StreamConsumer =
         runner::source::consumer_config(&stack.kafka_brokers, &group, "earliest").create()?;
@@ -535,7 +558,11 @@ async fn anchor(args: &BenchArgs) -> anyhow::Result<Anchor> {
 }
 
 /// Polls `url` until it answers 2xx, the child exits, or `timeout`.
-async fn wait_ready(url: &str, timeout: Duration, child: &mut tokio::process::Child) -> anyhow::Result<Duration> {
+async fn wait_ready(
+    url: &str,
+    timeout: Duration,
+    child: &mut tokio::process::Child,
+) -> anyhow::Result<Duration> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(1)).build()?;
     let started = Instant::now();
     loop {
@@ -599,7 +626,10 @@ async fn starts(stack: &Stack, args: &BenchArgs) -> anyhow::Result<BTreeMap<Stri
             tokio::time::sleep(Duration::from_millis(300)).await;
             if let Some(pid) = child.id() {
                 rss.push(rss_mb(pid).unwrap_or(0.0));
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
             }
             if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
                 let _ = child.kill().await;
@@ -622,7 +652,14 @@ async fn starts(stack: &Stack, args: &BenchArgs) -> anyhow::Result<BTreeMap<Stri
 /// Resident set of a process now, in MB (VmRSS of /proc/<pid>/status).
 fn rss_mb(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
     Some(kb / 1024.0)
 }
 
@@ -647,7 +684,11 @@ fn processes(pipeline: &Pipeline) -> BTreeMap<String, Vec<u32>> {
 }
 
 /// CPU-µs per tweet of each process between two readings.
-fn per_tweet(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, tweets: usize) -> BTreeMap<String, f64> {
+fn per_tweet(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    tweets: usize,
+) -> BTreeMap<String, f64> {
     after
         .iter()
         .map(|(name, after)| {

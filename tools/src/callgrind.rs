@@ -43,7 +43,8 @@ impl Profile {
                 callee = Some(profile.function(rest, &mut ids, &mut by_name));
             } else if line.starts_with("calls=") {
                 pending_call = true;
-            } else if let Some(rest) = line.strip_prefix("totals:").or_else(|| line.strip_prefix("summary:")) {
+            } else if let Some(rest) = line.strip_prefix("totals:").or_else(|| line.strip_prefix("summary:"))
+            {
                 declared_total = rest.split_whitespace().next().and_then(|n| n.parse().ok());
             } else if line.starts_with(|c: char| c.is_ascii_digit() || c == '+' || c == '-' || c == '*') {
                 // A cost line: the position (one column with `positions: line`), then the events.
@@ -101,7 +102,10 @@ impl Profile {
     pub fn top_self(&self, limit: usize) -> Vec<(&str, u64, u64)> {
         let mut all: Vec<usize> = (0..self.names.len()).collect();
         all.sort_by_key(|&f| std::cmp::Reverse(self.self_cost[f]));
-        all.into_iter().take(limit).map(|f| (self.names[f].as_str(), self.self_cost[f], self.inclusive(f))).collect()
+        all.into_iter()
+            .take(limit)
+            .map(|f| (self.names[f].as_str(), self.self_cost[f], self.inclusive(f)))
+            .collect()
     }
 
     /// The functions whose name contains `needle`, summed inclusively without counting a
@@ -119,6 +123,17 @@ impl Profile {
             })
             .sum::<u64>()
             .min(self.total)
+    }
+
+    /// Self cost summed by where the code comes from ([`origin`]), highest first.
+    pub fn self_by_origin(&self) -> Vec<(String, u64)> {
+        let mut by: HashMap<String, u64> = HashMap::new();
+        for (name, cost) in self.names.iter().zip(&self.self_cost) {
+            *by.entry(origin(name)).or_default() += cost;
+        }
+        let mut by: Vec<(String, u64)> = by.into_iter().collect();
+        by.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        by
     }
 
     /// Folded stacks (`a;b;c cost`), one line per path, for inferno's flame graph.
@@ -168,6 +183,48 @@ impl Profile {
     }
 }
 
+/// The crate a demangled function comes from (the first path segment, also of `<A as B>::f`),
+/// `malloc` for the allocator's functions (glibc's, mimalloc's and Rust's shims), `librdkafka`
+/// for its C functions, else the bare C symbol's family (`libc`).
+pub fn origin(name: &str) -> String {
+    const ALLOCATOR: [&str; 12] = [
+        "malloc",
+        "free",
+        "realloc",
+        "calloc",
+        "cfree",
+        "_int_malloc",
+        "_int_free",
+        "_int_realloc",
+        "malloc_consolidate",
+        "unlink_chunk",
+        "sysmalloc",
+        "tcache",
+    ];
+    let bare = name.split(['.', '@']).next().unwrap_or(name);
+    if ALLOCATOR.contains(&bare)
+        || name.starts_with("mi_")
+        || name.starts_with("_mi_")
+        || name.starts_with("__rustc::__rd")
+        || name.starts_with("__rustc::__rust_")
+    {
+        return "malloc".into();
+    }
+    if name.starts_with("rd_") {
+        return "librdkafka".into();
+    }
+    if !name.contains("::") {
+        return if name.starts_with("__mem") || name.starts_with("__str") {
+            "libc (mem*, str*)"
+        } else {
+            "libc and other C"
+        }
+        .into();
+    }
+    let path = name.trim_start_matches(['<', '&', '*']).trim_start_matches("dyn ").trim_start_matches("mut ");
+    path.split("::").next().unwrap_or(path).to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,5 +265,22 @@ totals: 1000
         assert_eq!(p.inclusive_matching("log"), 500);
         assert_eq!(p.folded(), ["main 100", "main;log 300", "main;work 400", "main;work;log 200"]);
         assert_eq!(p.top_self(1), [("log", 500, 500)]);
+    }
+
+    #[test]
+    fn functions_are_grouped_by_their_crate() {
+        assert_eq!(
+            origin(
+                "<tracing_opentelemetry::layer::OpenTelemetryLayer<S,T> as tracing_subscriber::layer::Layer<S>>::on_enter"
+            ),
+            "tracing_opentelemetry"
+        );
+        assert_eq!(origin("hyper::proto::h1::role::parse_headers"), "hyper");
+        assert_eq!(origin("_int_free"), "malloc");
+        assert_eq!(origin("mi_free"), "malloc");
+        assert_eq!(origin("__rustc::__rdl_alloc"), "malloc");
+        assert_eq!(origin("unlink_chunk.constprop.0"), "malloc");
+        assert_eq!(origin("rd_kafka_broker_serve"), "librdkafka");
+        assert_eq!(origin("__memcpy_avx_unaligned_erms"), "libc (mem*, str*)");
     }
 }

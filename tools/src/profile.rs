@@ -65,8 +65,9 @@ pub struct ProcessProfile {
     /// Instructions of the idle run (start and stop only).
     pub idle_instructions: u64,
     pub instructions_per_tweet: f64,
-    /// Share of the loaded run's instructions under functions of these crates or subsystems.
-    pub shares: BTreeMap<String, f64>,
+    /// Share of the loaded run's instructions executed in each crate's own code (self cost,
+    /// `tools::callgrind::origin`), the largest first; `malloc` is the allocator.
+    pub shares: Vec<(String, f64)>,
     pub flame_graph: PathBuf,
 }
 
@@ -77,29 +78,13 @@ pub struct Report {
     pub instructions_per_tweet_total: f64,
 }
 
-/// What a share of the profile is attributed to: a name in the report → a substring of the
-/// demangled function names (matched functions called under other matches count once).
-const SHARES: [(&str, &str); 12] = [
-    ("tracing (spans, subscriber)", "tracing"),
-    ("opentelemetry", "opentelemetry"),
-    ("serde_json", "serde_json"),
-    ("cloudevents", "cloudevents"),
-    ("hyper", "hyper::"),
-    ("h2", "h2::"),
-    ("tonic", "tonic::"),
-    ("reqwest", "reqwest::"),
-    ("tokio", "tokio::"),
-    ("rdkafka + librdkafka", "rd_kafka"),
-    ("malloc/free", "alloc"),
-    ("prometheus metrics", "prometheus_client"),
-];
-
 pub async fn run(stack: &Stack, args: ProfileArgs) -> anyhow::Result<Report> {
     let out = std::fs::canonicalize(".")?.join(&args.out);
     let bin = out.join("bin");
     std::fs::create_dir_all(&bin)?;
-    let binaries = std::fs::canonicalize(&args.binaries)
-        .with_context(|| format!("{} — build it with `cargo build --profile profiling`", args.binaries.display()))?;
+    let binaries = std::fs::canonicalize(&args.binaries).with_context(|| {
+        format!("{} — build it with `cargo build --profile profiling`", args.binaries.display())
+    })?;
     for name in PROCESSES {
         wrap(&bin, &binaries.join(name), name, &out)?;
     }
@@ -132,11 +117,11 @@ pub async fn run(stack: &Stack, args: ProfileArgs) -> anyhow::Result<Report> {
             })
             .collect();
         std::fs::write(out.join(format!("{name}.top.txt")), top.join("\n") + "\n")?;
-        let shares = SHARES
-            .iter()
-            .map(|(label, needle)| {
-                (label.to_string(), profile.inclusive_matching(needle) as f64 / profile.total as f64)
-            })
+        let shares = profile
+            .self_by_origin()
+            .into_iter()
+            .take(15)
+            .map(|(origin, cost)| (origin, cost as f64 / profile.total as f64))
             .collect();
         processes.insert(
             name.to_owned(),
@@ -154,9 +139,8 @@ pub async fn run(stack: &Stack, args: ProfileArgs) -> anyhow::Result<Report> {
     let report = Report { tweets: args.tweets, processes, instructions_per_tweet_total: total };
     println!("Instructions per tweet (loaded − idle run, over {} tweets):", args.tweets);
     for (name, p) in &report.processes {
-        let mut shares: Vec<_> = p.shares.iter().filter(|(_, s)| **s >= 0.03).collect();
-        shares.sort_by(|a, b| b.1.total_cmp(a.1));
-        let shares: Vec<String> = shares.iter().map(|(l, s)| format!("{l} {:.0} %", 100.0 * **s)).collect();
+        let shares: Vec<String> =
+            p.shares.iter().take(6).map(|(l, s)| format!("{l} {:.0} %", 100.0 * s)).collect();
         println!("  {name:<9} {:>10.0}   {}", p.instructions_per_tweet, shares.join(", "));
     }
     println!("  {:<9} {total:>10.0}", "total");
@@ -234,9 +218,14 @@ async fn drive(pipeline: &Pipeline, args: &ProfileArgs, tweets: usize) -> anyhow
         return Ok(());
     }
     let state = State::new(&pipeline.stack)?;
-    let load = bench::closed_loop(&pipeline.ingest_url(), tweets, args.connections, Duration::from_secs(args.phase_timeout_s))
-        .await
-        .context("sending the tweets")?;
+    let load = bench::closed_loop(
+        &pipeline.ingest_url(),
+        tweets,
+        args.connections,
+        Duration::from_secs(args.phase_timeout_s),
+    )
+    .await
+    .context("sending the tweets")?;
     let accepted = load.accepted.len() as i64;
     let deadline = Instant::now() + Duration::from_secs(args.phase_timeout_s);
     loop {
@@ -262,10 +251,15 @@ async fn drive(pipeline: &Pipeline, args: &ProfileArgs, tweets: usize) -> anyhow
 
 fn flame_graph(folded: &[String], name: &str, tweets: usize, svg: &Path) -> anyhow::Result<()> {
     let mut options = inferno::flamegraph::Options::default();
-    options.title = format!("{name}: instructions under callgrind, {tweets} tweets (start and stop included)");
+    options.title =
+        format!("{name}: instructions under callgrind, {tweets} tweets (start and stop included)");
     options.count_name = "instructions".into();
     let file = std::fs::File::create(svg).with_context(|| format!("creating {}", svg.display()))?;
-    inferno::flamegraph::from_lines(&mut options, folded.iter().map(String::as_str), std::io::BufWriter::new(file))
-        .with_context(|| format!("drawing {}", svg.display()))?;
+    inferno::flamegraph::from_lines(
+        &mut options,
+        folded.iter().map(String::as_str),
+        std::io::BufWriter::new(file),
+    )
+    .with_context(|| format!("drawing {}", svg.display()))?;
     Ok(())
 }

@@ -139,13 +139,20 @@ pub fn headers(span: &Span) -> std::collections::HashMap<String, String> {
 pub fn from_record_headers<'a>(
     headers: impl Iterator<Item = (&'a str, Option<&'a [u8]>)>,
 ) -> Option<Context> {
-    let carrier: std::collections::HashMap<String, String> = headers
-        .filter_map(|(key, value)| {
-            let key = key.to_ascii_lowercase();
-            let value = String::from_utf8_lossy(value?).into_owned();
-            (key == "traceparent" || key == "tracestate").then_some((key, value))
-        })
-        .collect();
+    // Only the two headers are copied (the last of each wins, as in a map); a record carries
+    // ten or so others.
+    let mut carrier: std::collections::HashMap<String, String> = std::collections::HashMap::with_capacity(2);
+    for (key, value) in headers {
+        let Some(value) = value else { continue };
+        for name in ["traceparent", "tracestate"] {
+            if key.eq_ignore_ascii_case(name) {
+                carrier.insert(name.to_owned(), String::from_utf8_lossy(value).into_owned());
+            }
+        }
+    }
+    if !carrier.contains_key("traceparent") {
+        return None;
+    }
     let context = extract(&carrier);
     context.span().span_context().is_valid().then_some(context)
 }
