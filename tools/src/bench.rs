@@ -277,6 +277,12 @@ pub async fn run(stack: &Stack, args: BenchArgs) -> anyhow::Result<Report> {
              lost {}, double-counted {}",
             run.rate, run.p50, run.p99, run.ours, run.lost, run.double_counted
         );
+        let per_process: Vec<String> = run
+            .cpu
+            .iter()
+            .map(|(p, us)| format!("{p} {us:.0} µs/{:.0} MB", run.peak_rss_mb.get(p).copied().unwrap_or(0.0)))
+            .collect();
+        println!("        CPU per tweet/peak RSS: {}", per_process.join(", "));
         sizes.push(Size::from(size, &run));
     }
 
@@ -455,7 +461,9 @@ fn sample_tweet(i: usize) -> Tweet {
 }
 
 async fn raw_producer(stack: &Stack, args: &BenchArgs, topic: &str) -> anyhow::Result<Rate> {
-    runner::create_topics(&stack.kafka_brokers, &[topic.to_owned()]).await?;
+    runner::create_topics(&stack.kafka_brokers, &[topic.to_owned()])
+        .await
+        .with_context(|| format!("creating the topic {topic} on {}", stack.kafka_brokers))?;
     // The producer's own settings, from its own code and defaults.
     let config = producer::Config::parse_from(["producer", "--kafka-brokers", &stack.kafka_brokers]);
     let producer: FutureProducer = producer::client_config(&config).create()?;
@@ -878,7 +886,12 @@ async fn end_to_end(pipeline: &Pipeline, args: &BenchArgs, tweets: usize) -> any
             let mut samples: Vec<(Duration, i64)> = Vec::new();
             loop {
                 let total: Option<i64> =
-                    redis::cmd("GET").arg(&total_key).query_async(&mut connection).await?;
+                    redis::cmd("GET").arg(&total_key).query_async(&mut connection).await.with_context(
+                        || {
+                            let counted = samples.last().map_or(0, |(_, t)| *t);
+                            format!("reading the Redis total {total_key} (counted {counted} so far)")
+                        },
+                    )?;
                 let total = total.unwrap_or(0);
                 if samples.last().is_none_or(|(_, t)| *t != total) {
                     samples.push((wall.elapsed(), total));
@@ -932,9 +945,9 @@ async fn end_to_end(pipeline: &Pipeline, args: &BenchArgs, tweets: usize) -> any
     let archived = archived_latencies(&state, &load, timeout).await;
     let _ = stop_rss.send(());
     let peak_rss_mb = rss.await.unwrap_or_default();
-    let mut archived = archived?;
+    let mut archived = archived.context("reading the archive")?;
     // Redis counts are exact only after the archive caught up too: a late duplicate shows here.
-    let counted_now = state.counted().await?.total;
+    let counted_now = state.counted().await.context("reading the counts after the archive caught up")?.total;
     state.keys.clear(&mut connection).await?;
     let cpu = per_tweet(&cpu_before, &cpu_after, accepted.max(1) as usize);
     Ok(EndToEnd {
