@@ -54,11 +54,12 @@ lint: $(LOCUST)
 	shellcheck $(BASH_SCRIPTS)
 	$(VENV)/bin/ruff check loadtest knative
 
-## bench: raw Kafka producer rate, ingest→Kafka and end-to-end figures (target/bench/bench.json)
+## bench: raw producer and consumer baselines, a hyper anchor, ingest→Kafka, starts and idle RSS, end to end at
+## three sizes, tracing on/off with dropped spans (target/bench/bench.json; BENCH_ARGS="--sizes 5000 …")
 bench:
 	dev/stack up
 	$(CARGO) build --release --workspace --bins
-	target/release/tools bench
+	target/release/tools bench $(BENCH_ARGS)
 
 .PHONY: profile
 ## profile: the runner and the functions under load with valgrind's callgrind (symbols kept:
