@@ -138,17 +138,22 @@ impl Profile {
 
     /// Folded stacks (`a;b;c cost`), one line per path, for inferno's flame graph.
     pub fn folded(&self) -> Vec<String> {
-        let mut called = vec![false; self.names.len()];
+        // A root is where cost enters the graph: a function never called, and a thread's entry
+        // (`start_thread`), which callgrind shows called by `clone3` with only the parent's
+        // share — so a root's flow is its cost beyond what its callers hand it.
+        let mut inbound = vec![0u64; self.names.len()];
         for calls in &self.calls {
-            for &c in calls.keys() {
-                called[c] = true;
+            for (&c, &cost) in calls {
+                inbound[c] += cost;
             }
         }
         let floor = (self.total / 20_000).max(1) as f64;
+        let entry = (self.total / 200).max(1);
         let mut out: HashMap<String, f64> = HashMap::new();
         let mut path = Vec::new();
-        for root in (0..self.names.len()).filter(|&f| !called[f]) {
-            let flow = self.inclusive(root) as f64;
+        for root in 0..self.names.len() {
+            let beyond = self.inclusive(root).saturating_sub(inbound[root]);
+            let flow = if inbound[root] == 0 || beyond >= entry { beyond } else { 0 } as f64;
             if flow >= floor {
                 self.walk(root, flow, floor, &mut path, &mut out);
             }
