@@ -151,9 +151,9 @@ impl Profile {
         let entry = (self.total / 200).max(1);
         let mut out: HashMap<String, f64> = HashMap::new();
         let mut path = Vec::new();
-        for root in 0..self.names.len() {
-            let beyond = self.inclusive(root).saturating_sub(inbound[root]);
-            let flow = if inbound[root] == 0 || beyond >= entry { beyond } else { 0 } as f64;
+        for (root, &inbound) in inbound.iter().enumerate() {
+            let beyond = self.inclusive(root).saturating_sub(inbound);
+            let flow = if inbound == 0 || beyond >= entry { beyond } else { 0 } as f64;
             if flow >= floor {
                 self.walk(root, flow, floor, &mut path, &mut out);
             }
