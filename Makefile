@@ -55,11 +55,22 @@ lint: $(LOCUST)
 	shellcheck $(BASH_SCRIPTS)
 	$(VENV)/bin/ruff check loadtest knative
 
-## bench: raw Kafka producer rate, ingest→Kafka and end-to-end figures (target/bench/bench.json)
+## bench: raw producer and consumer baselines, a hyper anchor, ingest→Kafka, starts and idle RSS, end to end at
+## three sizes, tracing on/off with dropped spans (target/bench/bench.json; BENCH_ARGS="--sizes 5000 …")
 bench:
 	dev/stack up
 	$(CARGO) build --release --workspace --bins
-	target/release/tools bench
+	target/release/tools bench $(BENCH_ARGS)
+
+.PHONY: profile
+## profile: the runner and the functions under load with valgrind's callgrind (symbols kept:
+## the `profiling` build); a flame graph per process in target/profile/<process>.svg, the
+## instructions per tweet in target/profile/profile.json (PROFILE_ARGS="--tweets 4000 …")
+profile:
+	dev/stack up
+	command -v valgrind >/dev/null || dev/stack install
+	$(CARGO) build --profile profiling --workspace --bins
+	target/profiling/tools profile --binaries target/profiling $(PROFILE_ARGS)
 
 .PHONY: energy
 ## energy: scale-to-zero vs always-on under Locust bursts; report in target/energy (ENERGY_ARGS="--users 40 …")

@@ -34,6 +34,9 @@ use tracing::{Instrument, Span, field::Empty};
 
 /// Events in flight per partition for `ordering: unordered` (Knative's `max.poll.records`).
 pub const UNORDERED_IN_FLIGHT: usize = 50;
+const PREFER: reqwest::header::HeaderName = reqwest::header::HeaderName::from_static("prefer");
+const PREFER_REPLY: reqwest::header::HeaderValue = reqwest::header::HeaderValue::from_static("reply");
+const KN_NAMESPACE: reqwest::header::HeaderName = reqwest::header::HeaderName::from_static("kn-namespace");
 /// Knative keeps at most this much of a failed response in `knativeerrordata`.
 const ERROR_DATA_BYTES: usize = 1024;
 
@@ -59,6 +62,13 @@ pub struct Progress {
 struct Dispatcher {
     source: KafkaSource,
     sink_url: String,
+    /// `sink_url` parsed once: parsing it for every request was 7 % of the runner's
+    /// instructions (`make profile`).
+    sink: reqwest::Url,
+    namespace: reqwest::header::HeaderValue,
+    /// Span names, built once.
+    receive_name: String,
+    send_name: String,
     client: reqwest::Client,
     producer: FutureProducer,
     consumer: Arc<StreamConsumer>,
@@ -73,6 +83,24 @@ struct Failure {
     error: String,
 }
 
+/// The librdkafka settings of a source's consumer, the one place they are written (`make
+/// bench`'s raw consumer baseline uses them too).
+pub fn consumer_config(brokers: &str, group: &str, initial_offset: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", "1000")
+        .set("auto.offset.reset", initial_offset)
+        .set("isolation.level", "read_committed")
+        // A runner killed without leaving its group holds its partitions until the session
+        // times out; the broker's minimum (6 s) lets a restart resume soon.
+        .set("session.timeout.ms", "6000");
+    config
+}
+
 impl Source {
     /// Subscribes and starts delivering until `shutdown` turns true.
     pub fn start(
@@ -84,24 +112,23 @@ impl Source {
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Source> {
         let consumer: Arc<StreamConsumer> = Arc::new(
-            ClientConfig::new()
-                .set("bootstrap.servers", brokers)
-                .set("group.id", &source.consumer_group)
-                .set("enable.auto.commit", "true")
-                .set("enable.auto.offset.store", "false")
-                .set("auto.commit.interval.ms", "1000")
-                .set("auto.offset.reset", &source.initial_offset)
-                .set("isolation.level", "read_committed")
-                // A runner killed without leaving its group holds its partitions until the
-                // session times out; the broker's minimum (6 s) lets a restart resume soon.
-                .set("session.timeout.ms", "6000")
+            consumer_config(brokers, &source.consumer_group, &source.initial_offset)
                 .create()
                 .context("creating the Kafka consumer")?,
         );
         let topics: Vec<&str> = source.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).context("subscribing")?;
         let progress = Arc::new(Progress::default());
+        let sink = reqwest::Url::parse(&sink_url).with_context(|| format!("the sink URL {sink_url:?}"))?;
+        let namespace = reqwest::header::HeaderValue::from_str(&source.namespace)
+            .with_context(|| format!("the namespace {:?} as a header", source.namespace))?;
+        let receive_name = format!("receive {}", source.topics.first().map_or("", String::as_str));
+        let send_name = format!("POST {}", source.sink);
         let dispatcher = Arc::new(Dispatcher {
+            sink,
+            namespace,
+            receive_name,
+            send_name,
             client: reqwest::Client::builder()
                 .tcp_nodelay(true)
                 .build()
@@ -232,6 +259,14 @@ impl Dispatcher {
         self.progress.next.lock().expect("progress lock").insert((topic, partition), offset + 1);
     }
 
+    /// `receive <topic>`, built once for a source's one topic.
+    fn receive_name(&self, topic: &str) -> std::borrow::Cow<'_, str> {
+        match self.source.topics.as_slice() {
+            [only] if only == topic => std::borrow::Cow::Borrowed(self.receive_name.as_str()),
+            _ => std::borrow::Cow::Owned(format!("receive {topic}")),
+        }
+    }
+
     /// A consumer span continuing the record's trace, as Knative's dispatcher makes one; none
     /// when the record carries no valid `traceparent`.
     fn receive_span(&self, message: &OwnedMessage) -> Span {
@@ -239,7 +274,7 @@ impl Dispatcher {
         let Some(parent) = common::telemetry::from_record_headers(headers) else { return Span::none() };
         let span = tracing::info_span!(
             "kafka_receive",
-            otel.name = %format!("receive {}", message.topic()),
+            otel.name = %self.receive_name(message.topic()),
             otel.kind = "consumer",
             messaging.system = "kafka",
             messaging.operation.type = "receive",
@@ -298,7 +333,7 @@ impl Dispatcher {
             tracing::info_span!(
                 parent: trace,
                 "send",
-                otel.name = %format!("POST {}", self.source.sink),
+                otel.name = %self.send_name,
                 otel.kind = "client",
                 http.request.method = "POST",
                 url.full = %self.sink_url,
@@ -307,10 +342,10 @@ impl Dispatcher {
         };
         let mut request = self
             .client
-            .post(&self.sink_url)
+            .post(self.sink.clone())
             .timeout(self.source.delivery.timeout)
-            .header("Prefer", "reply")
-            .header("Kn-Namespace", &self.source.namespace)
+            .header(PREFER, PREFER_REPLY)
+            .header(KN_NAMESPACE, self.namespace.clone())
             .event(event.clone())
             .map_err(|e| Failure { code: None, body: Vec::new(), error: e.to_string() })?;
         for (key, value) in common::telemetry::headers(&span) {

@@ -4,11 +4,14 @@
 //! ([`pipeline`]), drive Locust ([`load`]) and read the pipeline's state in one place
 //! ([`state`]), the runner's own metrics in another ([`scrape`]).
 
+pub mod anchor;
 pub mod bench;
+pub mod callgrind;
 pub mod demo;
 pub mod faults;
 pub mod load;
 pub mod pipeline;
+pub mod profile;
 pub mod replay;
 pub mod scrape;
 pub mod state;

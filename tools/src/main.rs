@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use runner::Stack;
-use tools::{bench, demo, faults, load, replay, state::State};
+use tools::{anchor, bench, demo, faults, load, profile, replay, state::State};
 
 #[derive(Parser)]
 #[command(name = "tools", about = "Drives and measures the Weather Tweets pipeline on this machine")]
@@ -20,6 +20,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measure the raw Kafka producer, ingest → Kafka and the whole pipeline (`make bench`).
     Bench(bench::BenchArgs),
+    /// Profile the runner and the functions under load with callgrind: flame graphs and
+    /// instructions per tweet (`make profile`).
+    Profile(profile::ProfileArgs),
     /// Run the fault suite against the real local stack and print its table (`make faults`).
     Faults(faults::FaultArgs),
     /// Deliver the dead letters again to the sinks they name, keeping their identity.
@@ -28,6 +31,12 @@ enum Command {
     Reset,
     /// Print the run's counts, archive size, records in Kafka and consumer lag as JSON.
     Counts,
+    /// The bench's anchor: a minimal hyper server on 127.0.0.1 (`make bench` starts it).
+    #[command(hide = true)]
+    Anchor {
+        #[arg(long)]
+        port: u16,
+    },
     /// Run Locust's burst shape against a URL, writing its statistics into a folder.
     Load {
         /// The ingest URL.
@@ -52,6 +61,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench(args) => {
             bench::run(&cli.stack, args).await?;
+        }
+        Command::Anchor { port } => {
+            anchor::serve(tokio::net::TcpListener::bind(("127.0.0.1", port)).await?).await?;
+        }
+        Command::Profile(args) => {
+            profile::run(&cli.stack, args).await?;
         }
         Command::Faults(args) => {
             let rows = faults::run(&cli.stack, &args).await?;

@@ -73,10 +73,32 @@ pub fn by_alpha2(code: &str) -> Option<&'static Country> {
 
 /// Resolves any accepted spelling of a country (see the module's doc).
 pub fn resolve(spelling: &str) -> Option<&'static Country> {
+    // The Spanish short name as stored — what producer and the sinks read back — needs no
+    // folding: a level-2 spelling's key never belongs to another country (tested), so the exact
+    // match is what the folded lookup would find, without its three allocating passes.
+    if let Some(country) = by_es(spelling) {
+        return Some(country);
+    }
     let key = key(spelling);
     let index = index();
     let i = index.binary_search_by(|(k, _)| k.as_ref().cmp(key.as_str())).ok()?;
     Some(&all()[usize::from(index[i].1)])
+}
+
+/// The country whose Spanish short name is exactly `name`.
+fn by_es(name: &str) -> Option<&'static Country> {
+    static BY_ES: OnceLock<Vec<(&'static str, u16)>> = OnceLock::new();
+    let names = BY_ES.get_or_init(|| {
+        let mut names: Vec<(&'static str, u16)> = all()
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.es, u16::try_from(i).expect("fewer than 65,536 countries")))
+            .collect();
+        names.sort_unstable();
+        names
+    });
+    let i = names.binary_search_by(|(es, _)| (*es).cmp(name)).ok()?;
+    Some(&all()[usize::from(names[i].1)])
 }
 
 /// What two spellings must share to name the same country: NFKC, full case folding, then only
@@ -145,6 +167,17 @@ mod tests {
                 assert_eq!(resolve(&spelling.to_lowercase()), Some(c), "{spelling:?} in lower case");
             }
         }
+    }
+
+    #[test]
+    fn the_exact_spanish_name_finds_what_the_folded_lookup_finds() {
+        let index = index();
+        for c in all() {
+            let folded = index.binary_search_by(|(k, _)| k.as_ref().cmp(key(c.es).as_str())).ok();
+            assert_eq!(folded.map(|i| &all()[usize::from(index[i].1)]), Some(c), "{:?}", c.es);
+            assert_eq!(by_es(c.es), Some(c), "{:?}", c.es);
+        }
+        assert_eq!(by_es("peru"), None, "only the exact spelling takes the short cut");
     }
 
     #[test]

@@ -4,6 +4,13 @@
 //! draining on SIGTERM ([`server`]), the bounded HTTP labels of metrics and spans ([`http`]) and
 //! logging ([`telemetry`]).
 
+/// The allocator of every binary that links this crate (the functions, the runner, the tools):
+/// `make profile` found glibc's malloc and free at ~29 % of the instructions of each process
+/// (many small, short-lived allocations per request on several threads); mimalloc's
+/// thread-local free lists cost a fraction of that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod country;
 pub mod event;
 pub mod http;

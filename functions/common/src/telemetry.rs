@@ -21,12 +21,12 @@ use opentelemetry::{
 use opentelemetry_sdk::{
     Resource,
     propagation::TraceContextPropagator,
-    trace::{Sampler, SdkTracerProvider},
+    trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider},
 };
 use std::io::IsTerminal;
 use tracing::{Instrument, Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{EnvFilter, Layer, filter::Targets, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// Flushes and shuts the trace exporter down when dropped (at the end of `main`).
 pub struct Guard(SdkTracerProvider);
@@ -53,7 +53,10 @@ pub fn init(service: &'static str) -> Guard {
         "h2=warn,hyper=warn,hyper_util=warn,tonic=warn,tower=warn,opentelemetry=warn,opentelemetry_sdk=warn";
     // Logs follow RUST_LOG; spans do not, so `RUST_LOG=warn` keeps traces whole.
     let logs = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("info,{QUIET}")));
-    let spans = EnvFilter::new(format!("info,{QUIET}"));
+    // A static list of targets, so `Targets` (a prefix match) rather than an `EnvFilter`, whose
+    // per-span bookkeeping on every enter and exit was a few per cent of each process
+    // (`make profile`).
+    let spans: Targets = format!("info,{QUIET}").parse().expect("a valid list of targets");
     let provider = provider(service);
     let traces = tracing_opentelemetry::layer().with_tracer(provider.tracer(service)).with_filter(spans);
     let registry = tracing_subscriber::registry().with(traces);
@@ -79,7 +82,9 @@ fn provider(service: &'static str) -> SdkTracerProvider {
         SdkTracerProvider::builder().with_resource(Resource::builder().with_service_name(service).build());
     let exporter = exporting().then(|| opentelemetry_otlp::SpanExporter::builder().with_tonic().build());
     match exporter {
-        Some(Ok(exporter)) => builder.with_batch_exporter(exporter),
+        Some(Ok(exporter)) => builder.with_span_processor(
+            BatchSpanProcessor::builder(exporter).with_batch_config(batch_config()).build(),
+        ),
         Some(Err(e)) => {
             eprintln!("OTLP trace exporter disabled: {e}");
             builder.with_sampler(Sampler::AlwaysOff)
@@ -88,6 +93,35 @@ fn provider(service: &'static str) -> SdkTracerProvider {
     }
     .build()
 }
+
+/// The batch span processor's queue, batch and delay: the `OTEL_BSP_*` variables when set, else
+/// ours, sized from `make bench` (see README, "Performance"). The SDK's defaults (a queue of
+/// 2,048 spans, batches of 512, one export at a time) dropped thousands of spans per bench run:
+/// at 5,000 tweets/s the runner alone ends 20,000 spans a second, and one export to a Jaeger on
+/// the same cores takes tens of milliseconds. A span whose queue is full is dropped and
+/// counted; the SDK logs the count at shutdown (`BatchSpanProcessor.SpansDropped`,
+/// `dropped_span_count`), which the bench adds up.
+pub fn batch_config() -> opentelemetry_sdk::trace::BatchConfig {
+    let unset = |name: &str| std::env::var_os(name).is_none();
+    let mut config = BatchConfigBuilder::default();
+    if unset("OTEL_BSP_MAX_QUEUE_SIZE") {
+        config = config.with_max_queue_size(MAX_QUEUE_SPANS);
+    }
+    if unset("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") {
+        config = config.with_max_export_batch_size(EXPORT_BATCH_SPANS);
+    }
+    if unset("OTEL_BSP_SCHEDULE_DELAY") {
+        config = config.with_scheduled_delay(EXPORT_DELAY);
+    }
+    config.build()
+}
+
+/// Spans a process may hold before the exporter takes them (a few seconds at full load).
+pub const MAX_QUEUE_SPANS: usize = 65_536;
+/// Spans per OTLP export request.
+pub const EXPORT_BATCH_SPANS: usize = 4_096;
+/// Longest a span waits for a batch to fill.
+pub const EXPORT_DELAY: std::time::Duration = std::time::Duration::from_millis(1_000);
 
 /// Writes `span`'s context as `traceparent` (and `tracestate`) into a carrier.
 pub fn inject(span: &Span, carrier: &mut dyn Injector) {
@@ -108,13 +142,20 @@ pub fn headers(span: &Span) -> std::collections::HashMap<String, String> {
 pub fn from_record_headers<'a>(
     headers: impl Iterator<Item = (&'a str, Option<&'a [u8]>)>,
 ) -> Option<Context> {
-    let carrier: std::collections::HashMap<String, String> = headers
-        .filter_map(|(key, value)| {
-            let key = key.to_ascii_lowercase();
-            let value = String::from_utf8_lossy(value?).into_owned();
-            (key == "traceparent" || key == "tracestate").then_some((key, value))
-        })
-        .collect();
+    // Only the two headers are copied (the last of each wins, as in a map); a record carries
+    // ten or so others.
+    let mut carrier: std::collections::HashMap<String, String> = std::collections::HashMap::with_capacity(2);
+    for (key, value) in headers {
+        let Some(value) = value else { continue };
+        for name in ["traceparent", "tracestate"] {
+            if key.eq_ignore_ascii_case(name) {
+                carrier.insert(name.to_owned(), String::from_utf8_lossy(value).into_owned());
+            }
+        }
+    }
+    if !carrier.contains_key("traceparent") {
+        return None;
+    }
     let context = extract(&carrier);
     context.span().span_context().is_valid().then_some(context)
 }

@@ -352,7 +352,13 @@ fn kind(v: &Value) -> &'static str {
 }
 
 fn normalise(s: &str) -> String {
-    s.trim().nfc().collect()
+    let s = s.trim();
+    // Most texts are NFC already (every ASCII one is); the quick check proves it without
+    // building a second copy character by character.
+    if unicode_normalization::is_nfc_quick(s.chars()) == unicode_normalization::IsNormalized::Yes {
+        return s.to_owned();
+    }
+    s.nfc().collect()
 }
 
 /// Rejects empty and too long values and control characters (other than those `allowed`).
