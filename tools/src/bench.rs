@@ -674,9 +674,13 @@ fn rss_mb(pid: u32) -> Option<f64> {
 /// The runner and every process under it, by name: a function scaled to several replicas
 /// has several.
 fn processes(pipeline: &Pipeline) -> BTreeMap<String, Vec<u32>> {
+    pipeline.pid().map(processes_under).unwrap_or_default()
+}
+
+/// `root` and every process under it, by name.
+fn processes_under(root: u32) -> BTreeMap<String, Vec<u32>> {
     let mut found: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-    let Some(runner) = pipeline.pid() else { return found };
-    let mut queue = vec![runner];
+    let mut queue = vec![root];
     while let Some(pid) = queue.pop() {
         if let Ok(name) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
             found.entry(name.trim().to_owned()).or_default().push(pid);
@@ -689,6 +693,15 @@ fn processes(pipeline: &Pipeline) -> BTreeMap<String, Vec<u32>> {
         }
     }
     found
+}
+
+/// One process seen during a phase: its CPU seconds at the first and last sample, its largest
+/// resident set (MB).
+struct Seen {
+    name: String,
+    first: f64,
+    last: f64,
+    peak_rss: f64,
 }
 
 /// CPU-µs per tweet of each process between two readings.
@@ -850,24 +863,46 @@ async fn end_to_end(pipeline: &Pipeline, args: &BenchArgs, tweets: usize) -> any
         }
     }
     pids.insert("load".to_owned(), vec![std::process::id()]);
-    let cpu_before = cpu_times(&pids);
     let timeout = args.phase_timeout(tweets);
 
-    // The largest resident set of every process, sampled while the phase runs.
+    // Every process's CPU and largest resident set while the phase runs, the process tree
+    // scanned again each time: replicas the autoscaler starts meanwhile count from their exec,
+    // one it stops counts up to its last sample (100 ms at most are missed).
     let (stop_rss, stopped) = tokio::sync::oneshot::channel::<()>();
     let rss = {
-        let pids = pids.clone();
+        let fixed: BTreeMap<String, Vec<u32>> = pids
+            .iter()
+            .filter(|(name, _)| !ours.contains(name))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let runner = pipeline.pid();
+        let mut seen: BTreeMap<u32, Seen> = BTreeMap::new();
+        for (name, pids) in &pids {
+            for pid in pids {
+                let cpu = cpu_seconds(*pid).unwrap_or(0.0);
+                seen.insert(*pid, Seen { name: name.clone(), first: cpu, last: cpu, peak_rss: 0.0 });
+            }
+        }
         tokio::spawn(async move {
-            let mut peak: BTreeMap<String, f64> = BTreeMap::new();
             let mut stopped = stopped;
             loop {
-                for (name, pids) in &pids {
-                    let now = pids.iter().filter_map(|p| rss_mb(*p)).fold(0.0, f64::max);
-                    let entry = peak.entry(name.clone()).or_default();
-                    *entry = entry.max(now);
+                let mut now = runner.map(processes_under).unwrap_or_default();
+                now.extend(fixed.clone());
+                for (name, pids) in &now {
+                    for pid in pids {
+                        let Some(cpu) = cpu_seconds(*pid) else { continue };
+                        let entry = seen.entry(*pid).or_insert_with(|| Seen {
+                            name: name.clone(),
+                            first: 0.0,
+                            last: 0.0,
+                            peak_rss: 0.0,
+                        });
+                        entry.last = cpu;
+                        entry.peak_rss = entry.peak_rss.max(rss_mb(*pid).unwrap_or(0.0));
+                    }
                 }
                 tokio::select! {
-                    _ = &mut stopped => return peak,
+                    _ = &mut stopped => return seen,
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                 }
             }
@@ -922,7 +957,6 @@ async fn end_to_end(pipeline: &Pipeline, args: &BenchArgs, tweets: usize) -> any
     let _ = expected_tx.send(load.accepted.len() as i64);
     let offset = load.started.duration_since(wall);
     let samples = sampler.await?.context("waiting for every accepted tweet to be counted")?;
-    let cpu_after = cpu_times(&pids);
     let counted = samples.last().map_or(0, |(_, t)| *t);
     let accepted = load.accepted.len() as i64;
 
@@ -944,12 +978,18 @@ async fn end_to_end(pipeline: &Pipeline, args: &BenchArgs, tweets: usize) -> any
 
     let archived = archived_latencies(&state, &load, timeout).await;
     let _ = stop_rss.send(());
-    let peak_rss_mb = rss.await.unwrap_or_default();
+    let seen = rss.await.unwrap_or_default();
+    let (mut cpu_s, mut peak_rss_mb) = (BTreeMap::<String, f64>::new(), BTreeMap::<String, f64>::new());
+    for process in seen.values() {
+        *cpu_s.entry(process.name.clone()).or_default() += process.last - process.first;
+        let peak = peak_rss_mb.entry(process.name.clone()).or_default();
+        *peak = peak.max(process.peak_rss);
+    }
     let mut archived = archived.context("reading the archive")?;
     // Redis counts are exact only after the archive caught up too: a late duplicate shows here.
     let counted_now = state.counted().await.context("reading the counts after the archive caught up")?.total;
     state.keys.clear(&mut connection).await?;
-    let cpu = per_tweet(&cpu_before, &cpu_after, accepted.max(1) as usize);
+    let cpu = per_tweet(&BTreeMap::new(), &cpu_s, accepted.max(1) as usize);
     Ok(EndToEnd {
         rate,
         p50: percentile(&mut latencies.clone(), 0.5),
