@@ -656,13 +656,15 @@ impl Gate {
                 }
                 let idle_expired =
                     self.idle.is_some_and(|idle| state.in_flight == 0 && state.idle_since.elapsed() >= idle);
-                let floor = if state.in_flight > 0 || (state.alive > 0 && !idle_expired) {
-                    self.floor().max(1)
-                } else {
+                // The idle period alone takes scale-to-zero down to min-scale; otherwise the
+                // autoscaler's count, and one at least while a request waits or a replica runs.
+                let wanted = if idle_expired {
                     self.floor()
+                } else if state.in_flight > 0 || state.alive > 0 {
+                    state.desired.max(self.floor()).max(1)
+                } else {
+                    state.desired.max(self.floor())
                 };
-                let wanted = state.desired.max(floor);
-                let wanted = if idle_expired { self.floor() } else { wanted };
                 let have = state.ready.len() as u32 + state.starting;
                 if !self.armed.load(Ordering::Relaxed) {
                     // scale_to_min starts the first replicas, in dependency order.

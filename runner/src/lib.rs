@@ -260,7 +260,8 @@ pub fn policy(options: &Options) -> anyhow::Result<Policy> {
     let overlays = options.overlays.clone().unwrap_or_else(|| options.stack.manifests.join("../overlays"));
     let path = overlays.join(options.mode.to_string()).join("kustomization.yaml");
     let overlay = manifests::overlay_annotations(&path)?;
-    let scaling = manifests::scaling(&path)?;
+    let scaling = manifests::Scaling::from_annotations(&[&overlay])
+        .with_context(|| format!("in {}", path.display()))?;
     let idle = match (options.mode, scaling.min_scale) {
         (Mode::AlwaysOn, 0) => bail!("{} sets min-scale 0, which is not always-on", path.display()),
         (Mode::AlwaysOn, _) => None,

@@ -490,12 +490,6 @@ pub fn overlay_annotations(kustomization: &Path) -> anyhow::Result<Annotations> 
     Ok(annotations)
 }
 
-/// The overlay's scaling, as it applies to a Service that sets no annotation of its own.
-pub fn scaling(kustomization: &Path) -> anyhow::Result<Scaling> {
-    Scaling::from_annotations(&[&overlay_annotations(kustomization)?])
-        .with_context(|| format!("in {}", kustomization.display()))
-}
-
 impl Scaling {
     /// Knative's defaults, then each set of annotations in turn (a later one wins). Values out
     /// of the ranges Knative's webhook admits are errors, and so is a metric other than
@@ -742,6 +736,11 @@ mod tests {
         for bad in ["", "30", "s", "3d", "x1s"] {
             assert!(go_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    /// The overlay's scaling, as it applies to a Service that sets no annotation of its own.
+    fn scaling(kustomization: &Path) -> anyhow::Result<Scaling> {
+        Scaling::from_annotations(&[&overlay_annotations(kustomization)?])
     }
 
     #[test]

@@ -235,7 +235,7 @@ pub async fn run(stack: &Stack, args: BenchArgs) -> anyhow::Result<Report> {
     println!("[4/7] ingest → producer → Kafka, sources off…");
     let run_id = format!("bench-ingest-{}", std::process::id());
     let ingest_only = start(stack, &args, &run_id, false, None).await?;
-    let ingest_pids = processes(&ingest_only);
+    let ingest_pids = ingest_only.processes();
     let before = cpu_times(&ingest_pids);
     let load = closed_loop(
         &ingest_only.ingest_url(),
@@ -671,30 +671,6 @@ fn rss_mb(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// The runner and every process under it, by name: a function scaled to several replicas
-/// has several.
-fn processes(pipeline: &Pipeline) -> BTreeMap<String, Vec<u32>> {
-    pipeline.pid().map(processes_under).unwrap_or_default()
-}
-
-/// `root` and every process under it, by name.
-fn processes_under(root: u32) -> BTreeMap<String, Vec<u32>> {
-    let mut found: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-    let mut queue = vec![root];
-    while let Some(pid) = queue.pop() {
-        if let Ok(name) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
-            found.entry(name.trim().to_owned()).or_default().push(pid);
-        }
-        // A child may have been spawned by any thread: each thread lists its own.
-        for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
-            if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
-                queue.extend(children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-            }
-        }
-    }
-    found
-}
-
 /// One process seen during a phase: its CPU seconds at the first and last sample, its largest
 /// resident set (MB).
 struct Seen {
@@ -852,7 +828,7 @@ struct EndToEnd {
 
 async fn end_to_end(pipeline: &Pipeline, args: &BenchArgs, tweets: usize) -> anyhow::Result<EndToEnd> {
     let state = State::new(&pipeline.stack)?;
-    let mut pids = processes(pipeline);
+    let mut pids = pipeline.processes();
     let ours: Vec<String> = pids.keys().cloned().collect();
     for service in ["kafka", "redis", "ferretdb", "jaeger"] {
         if let Some(pid) = std::fs::read_to_string(args.stack_dir.join("run").join(format!("{service}.pid")))
@@ -886,7 +862,7 @@ async fn end_to_end(pipeline: &Pipeline, args: &BenchArgs, tweets: usize) -> any
         tokio::spawn(async move {
             let mut stopped = stopped;
             loop {
-                let mut now = runner.map(processes_under).unwrap_or_default();
+                let mut now = runner.map(crate::pipeline::processes_under).unwrap_or_default();
                 now.extend(fixed.clone());
                 for (name, pids) in &now {
                     for pid in pids {

@@ -204,7 +204,11 @@ async fn scenario(stack: &Stack, args: &FaultArgs, name: &str) -> anyhow::Result
             t.pipeline.wait(Duration::from_secs(40)).await?;
             // A killed runner leaves its functions behind (they are its children, not bound to
             // it): they go with it, as a node crash takes every container.
-            for (function, pid) in functions.iter().filter(|(f, _)| *f != "runner") {
+            for (function, pid) in functions
+                .iter()
+                .filter(|(f, _)| *f != "runner")
+                .flat_map(|(f, pids)| pids.iter().map(move |p| (f, p)))
+            {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), Signal::SIGKILL);
                 tracing::debug!(function, pid, "Killed a function left behind");
             }

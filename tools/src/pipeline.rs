@@ -41,7 +41,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Starts `runner up` with `extra` arguments (e.g. `--mode scale-to-zero`, `--no-sources`)
-    /// and waits until ingest answers its readiness probe and the sources have their partitions.
+    /// and waits until the runner serves its metrics and the sources have their partitions.
     pub async fn start(stack: &Stack, args: &PipelineArgs, extra: &[&str]) -> anyhow::Result<Pipeline> {
         Pipeline::start_with_env(stack, args, extra, &[]).await
     }
@@ -88,7 +88,9 @@ impl Pipeline {
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let client = reqwest::Client::new();
-        let url = format!("{}/health/readiness", self.ingest_url());
+        // The runner's own /metrics is bound once its first replicas are ready; a probe of
+        // ingest's port would be a request the activator holds (a cold start) until then.
+        let url = self.metrics_url()?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -123,32 +125,10 @@ impl Pipeline {
         self.child.id()
     }
 
-    /// The runner and its function processes, by name (`runner`, `ingest`, …), one process of
-    /// each (the last found when a function has several replicas; [`Pipeline::processes`] has all).
-    pub fn pids(&self) -> BTreeMap<String, u32> {
-        self.processes().into_iter().collect()
-    }
-
-    /// The runner (`runner`) and every function process it runs, each replica its own entry
-    /// (a name repeats while a function has several replicas).
-    pub fn processes(&self) -> Vec<(String, u32)> {
-        let mut processes = Vec::new();
-        if let Some(pid) = self.child.id() {
-            processes.push(("runner".to_owned(), pid));
-            // Each thread's children are listed under its own task: a replica started by a
-            // worker thread is not the main thread's child.
-            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
-            let children: String = tasks
-                .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-                .collect::<Vec<_>>()
-                .join(" ");
-            for child in children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
-                if let Ok(name) = std::fs::read_to_string(format!("/proc/{child}/comm")) {
-                    processes.push((name.trim().to_owned(), child));
-                }
-            }
-        }
-        processes
+    /// The runner (`runner`) and every process under it, by name: a function with several
+    /// replicas has several.
+    pub fn processes(&self) -> BTreeMap<String, Vec<u32>> {
+        self.child.id().map(processes_under).unwrap_or_default()
     }
 
     /// Sends `signal` to the runner itself (its functions are its children and go on running
@@ -161,11 +141,7 @@ impl Pipeline {
 
     /// Sends `signal` to every process (replica) of a function.
     pub fn signal_function(&self, name: &str, signal: Signal) -> anyhow::Result<()> {
-        let pids: Vec<u32> =
-            self.processes().into_iter().filter(|(n, _)| n == name).map(|(_, p)| p).collect();
-        if pids.is_empty() {
-            bail!("{name} is not running");
-        }
+        let pids = self.processes().remove(name).with_context(|| format!("{name} is not running"))?;
         for pid in pids {
             nix::sys::signal::kill(Pid::from_raw(pid as i32), signal)?;
         }
@@ -249,4 +225,22 @@ fn spawn(
         .stderr(log)
         .spawn()
         .with_context(|| format!("starting {} (build it with `cargo build --release`)", runner.display()))
+}
+
+/// `root` and every process under it, by name (`/proc/<pid>/comm`). Each thread lists its own
+/// children: a replica started by a worker thread is not the main thread's child.
+pub fn processes_under(root: u32) -> BTreeMap<String, Vec<u32>> {
+    let mut found: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    let mut queue = vec![root];
+    while let Some(pid) = queue.pop() {
+        if let Ok(name) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+            found.entry(name.trim().to_owned()).or_default().push(pid);
+        }
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+            if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
+                queue.extend(children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            }
+        }
+    }
+    found
 }
