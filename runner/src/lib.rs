@@ -193,7 +193,8 @@ pub struct Options {
     #[arg(long, env = "RUNNER_LOG_DIR", default_value = "target/runner")]
     pub log_dir: PathBuf,
     /// Port of the first Service of the manifests (ingest); the others take the next ones, in
-    /// the order knative/base/kustomization.yaml lists them.
+    /// the order knative/base/kustomization.yaml lists them, and the runner's `/metrics` the one
+    /// after the last Service (8084 by default: five ports in all).
     #[arg(long, env = "RUNNER_BASE_PORT", default_value_t = 8080)]
     pub base_port: u16,
     /// Deliver every event this many times: at-least-once made visible, to check that the

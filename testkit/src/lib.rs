@@ -39,15 +39,23 @@ pub fn closed_port() -> u16 {
     listener.local_addr().expect("a bound listener has an address").port()
 }
 
-/// The first of `n` consecutive loopback ports free now.
+/// The first of `n` consecutive loopback ports free now, below the kernel's ephemeral range:
+/// a test that stops a server and starts it again on the same port must not find it taken by
+/// an outgoing connection or a port-0 listener (a replica's) in the meantime.
 pub fn free_ports(n: u16) -> u16 {
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let (low, high) = (10_000, ephemeral.saturating_sub(n));
+    assert!(high > low, "the ephemeral port range starts at {ephemeral}; no room below it for test ports");
     for _ in 0..100 {
-        let base = 20_000 + (uuid::Uuid::new_v4().as_u128() % 40_000) as u16;
+        let base = low + (uuid::Uuid::new_v4().as_u128() % u128::from(high - low)) as u16;
         if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }
     }
-    panic!("no {n} consecutive free ports on 127.0.0.1");
+    panic!("no {n} consecutive free ports on 127.0.0.1 between {low} and {ephemeral}");
 }
 
 /// Runs `body`, then `cleanup` even when `body` panicked, so a failing assertion leaves nothing

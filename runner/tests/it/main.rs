@@ -37,7 +37,7 @@ fn options() -> Options {
         },
         bin_dir: Some(bin_dir),
         log_dir: root.join("target/runner-tests").join(&run_id),
-        base_port: testkit::free_ports(4),
+        base_port: testkit::free_ports(5), // four functions and the runner's /metrics
         deliveries: 1,
         no_sources: false,
         mode: runner::Mode::AlwaysOn,

@@ -25,7 +25,7 @@ pub fn stack() -> Stack {
 pub fn pipeline_args() -> PipelineArgs {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     PipelineArgs {
-        base_port: testkit::free_ports(4),
+        base_port: testkit::free_ports(5), // four functions and the runner's /metrics
         bin_dir: Some(PathBuf::from(env!("CARGO_BIN_EXE_tools")).parent().unwrap().to_path_buf()),
         log_dir: root.join("target/tools-tests"),
     }
