@@ -76,6 +76,8 @@ pub struct Policy {
     pub stable_window: Option<Duration>,
     /// `None`: always-on (at least one replica, whatever min-scale says).
     pub idle: Option<Duration>,
+    /// Caps every function's max-scale and min-scale (`--max-scale`).
+    pub max_scale: Option<u32>,
 }
 
 impl Policy {
@@ -85,6 +87,11 @@ impl Policy {
             .with_context(|| format!("Service {}", service.name))?;
         if let Some(window) = self.stable_window {
             scaling.stable_window = window;
+        }
+        if let Some(cap) = self.max_scale {
+            // 0 is Knative's "no limit".
+            scaling.max_scale = if scaling.max_scale == 0 { cap } else { scaling.max_scale.min(cap) };
+            scaling.min_scale = scaling.min_scale.min(cap);
         }
         Ok(scaling)
     }
@@ -796,6 +803,30 @@ fn answer(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_scale_caps_every_function_and_its_min_scale() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../knative");
+        let services = crate::manifests::services(&dir.join("base")).unwrap();
+        let overlay =
+            crate::manifests::overlay_annotations(&dir.join("overlays/always-on/kustomization.yaml"))
+                .unwrap();
+        let policy =
+            |max_scale| Policy { overlay: overlay.clone(), stable_window: None, idle: None, max_scale };
+        for service in &services {
+            let free = policy(None).scaling(service).unwrap();
+            assert!(free.max_scale > 1, "{}: {free:?}", service.name);
+            let pinned = policy(Some(1)).scaling(service).unwrap();
+            assert_eq!((pinned.min_scale, pinned.max_scale), (1, 1), "{}", service.name);
+            assert_eq!(Scaling { min_scale: free.min_scale, max_scale: free.max_scale, ..pinned }, free);
+        }
+        let mut unbounded = overlay.clone();
+        unbounded.insert("autoscaling.knative.dev/max-scale".into(), "0".into());
+        unbounded.insert("autoscaling.knative.dev/min-scale".into(), "3".into());
+        let capped = Policy { overlay: unbounded, stable_window: None, idle: None, max_scale: Some(2) };
+        let scaling = capped.scaling(&services[0]).unwrap();
+        assert_eq!((scaling.min_scale, scaling.max_scale), (2, 2));
+    }
 
     #[test]
     fn hop_by_hop_headers_go_and_the_rest_stays() {

@@ -221,6 +221,12 @@ pub struct Options {
     /// milliseconds: tests see a scale-down in seconds with it.
     #[arg(long, env = "RUNNER_STABLE_WINDOW_MS")]
     pub stable_window_ms: Option<u64>,
+    /// Caps every function's max-scale (and min-scale) at this many replicas, whatever the
+    /// manifests say: `--max-scale 1` measures a tweet's cost apart from the autoscaler's
+    /// choice of replicas (the bench does; on two cores ten replicas of a function only share
+    /// them).
+    #[arg(long, env = "RUNNER_MAX_SCALE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_scale: Option<u32>,
     /// File for the scaling events (start, ready, stop, cold_start, scale) as JSON lines;
     /// created or truncated at start.
     #[arg(long, env = "RUNNER_EVENTS")]
@@ -271,7 +277,12 @@ pub fn policy(options: &Options) -> anyhow::Result<Policy> {
         ),
         (Mode::ScaleToZero, n) => bail!("{} sets min-scale {n}, which never scales to zero", path.display()),
     };
-    Ok(Policy { overlay, stable_window: options.stable_window_ms.map(Duration::from_millis), idle })
+    Ok(Policy {
+        overlay,
+        stable_window: options.stable_window_ms.map(Duration::from_millis),
+        idle,
+        max_scale: options.max_scale,
+    })
 }
 
 impl Runner {

@@ -6,15 +6,21 @@
 //! 2. ingest → Kafka: tweets/s accepted (202) by ingest with producer behind it, the
 //!    KafkaSources not running; and its ratio to the baseline.
 //! 3. End to end: the whole pipeline under the same load; tweets/s from the first acceptance to
-//!    the moment Redis counted the last tweet, and the accepted → counted latency. Counter keeps
-//!    no per-tweet time, so that latency pairs the k-th acceptance with the moment the Redis total
-//!    reached k (sampled every 2 ms); the exact per-tweet accepted → archived latency comes from
+//!    the moment Redis counted the last tweet, and the posted → counted latency. Counter keeps
+//!    no per-tweet time, so that latency pairs the k-th post with the moment the Redis total
+//!    reached k (sampled every 2 ms): k tweets counted were all posted by then, so it is never
+//!    negative (pairing acceptances instead read 0 ms at p50: the load generator sees a 202 later
+//!    than the sinks see the record). The exact per-tweet posted → archived latency comes from
 //!    the archive's `archived_at`.
 //! 4. CPU-µs per tweet of every process (functions, runner, Kafka, Redis, FerretDB, the load
 //!    generator), from /proc during the end-to-end phase.
 //! 5. The end-to-end phase again with tracing on (every span exported over OTLP to the stack's
 //!    Jaeger, 100 % sampling), alternating with the untraced one over `--rounds`, and the
 //!    throughput it costs (1 − mean traced / mean untraced).
+//!
+//! The cost phases run one replica of each function (`runner up --max-scale 1`, `--max-scale`
+//! here): they measure what a tweet costs, not what the autoscaler chooses on two cores. A last
+//! phase runs the pipeline as deployed, autoscaling, and reports its replicas.
 //!
 //! The runner runs as a child process (`runner up`), so its CPU time is its own. Every phase
 //! has a deadline; when one passes, the error names the phase, what it waited for and the
@@ -72,6 +78,10 @@ pub struct BenchArgs {
     /// drift in the machine hits both alike).
     #[arg(long, default_value_t = 2)]
     pub rounds: u32,
+    /// Replicas of each function at most in the cost phases (the runner's `--max-scale`); the
+    /// last phase runs without it, as the manifests scale.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_scale: u32,
     /// OTLP endpoint for the traced phase (the stack's Jaeger).
     #[arg(long, env = "BENCH_OTLP_ENDPOINT", default_value = "http://127.0.0.1:4317")]
     pub otlp_endpoint: String,
@@ -133,6 +143,22 @@ pub struct Report {
     pub sizes: Vec<Size>,
     /// Per function: exec → ready over `--starts` starts, and idle RSS.
     pub starts: BTreeMap<String, Starts>,
+    /// The cost phases' replicas per function at most (`--max-scale`).
+    pub max_scale: u32,
+    /// End to end as deployed: the manifests' autoscaling, tracing off, `tweets_per_phase`.
+    pub as_deployed: Deployed,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Deployed {
+    pub per_s: f64,
+    pub p99_ms: f64,
+    pub functions_cpu_us_per_tweet: f64,
+    pub cpu_us_per_tweet: BTreeMap<String, f64>,
+    /// Most processes of each function alive at once (sampled every 100 ms).
+    pub max_replicas: BTreeMap<String, usize>,
+    pub lost: i64,
+    pub double_counted: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -201,40 +227,40 @@ pub async fn run(stack: &Stack, args: BenchArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
     anyhow::ensure!(!args.sizes.is_empty(), "--sizes needs at least one size");
 
-    println!("[1/7] raw rdkafka producer (baseline, the producer's own client settings)…");
+    println!("[1/8] raw rdkafka producer (baseline, the producer's own client settings)…");
     // A broker just started runs interpreted Java for a while: warm it up, untimed, first.
     let warm_topic = format!("bench-raw-warm-{}", std::process::id());
     phase(
-        "1/7 raw producer, warm-up",
+        "1/8 raw producer, warm-up",
         args.phase_timeout(args.tweets),
         raw_producer(stack, &args, &warm_topic),
     )
     .await?;
     let raw_topic = format!("bench-raw-{}", std::process::id());
     let raw =
-        phase("1/7 raw producer", args.phase_timeout(args.tweets), raw_producer(stack, &args, &raw_topic))
+        phase("1/8 raw producer", args.phase_timeout(args.tweets), raw_producer(stack, &args, &raw_topic))
             .await?;
     println!("      {:.0} records/s, {:.1} CPU-µs per record", raw.per_s, raw.cpu_us);
 
-    println!("[2/7] raw rdkafka consumer (the runner's consumer settings), reading those records…");
+    println!("[2/8] raw rdkafka consumer (the runner's consumer settings), reading those records…");
     let consumer = phase(
-        "2/7 raw consumer",
+        "2/8 raw consumer",
         args.phase_timeout(args.tweets),
         raw_consumer(stack, &raw_topic, args.tweets),
     )
     .await?;
     println!("      {:.0} records/s, {:.1} CPU-µs per record", consumer.per_s, consumer.cpu_us);
 
-    println!("[3/7] anchor: a minimal hyper server, driven by the same load generator…");
-    let anchor = phase("3/7 anchor", args.phase_timeout(args.tweets), anchor(&args)).await?;
+    println!("[3/8] anchor: a minimal hyper server, driven by the same load generator…");
+    let anchor = phase("3/8 anchor", args.phase_timeout(args.tweets), anchor(&args)).await?;
     println!(
         "      {:.0} requests/s, p99 {:.1} ms; server {:.1} CPU-µs per request, client (load generator) {:.1}",
         anchor.per_s, anchor.p99_ms, anchor.server_cpu_us, anchor.client_cpu_us
     );
 
-    println!("[4/7] ingest → producer → Kafka, sources off…");
+    println!("[4/8] ingest → producer → Kafka, sources off…");
     let run_id = format!("bench-ingest-{}", std::process::id());
-    let ingest_only = start(stack, &args, &run_id, false, None).await?;
+    let ingest_only = start(stack, &args, &run_id, false, None, Some(args.max_scale)).await?;
     let ingest_pids = ingest_only.processes();
     let before = cpu_times(&ingest_pids);
     let load = closed_loop(
@@ -244,7 +270,7 @@ pub async fn run(stack: &Stack, args: BenchArgs) -> anyhow::Result<Report> {
         args.phase_timeout(args.tweets),
     )
     .await
-    .context("phase 4/7 (ingest → Kafka)");
+    .context("phase 4/8 (ingest → Kafka)");
     let ingest_cpu =
         per_tweet(&before, &cpu_times(&ingest_pids), load.as_ref().map_or(1, |l| l.accepted.len()));
     ingest_only.stop().await;
@@ -259,8 +285,8 @@ pub async fn run(stack: &Stack, args: BenchArgs) -> anyhow::Result<Report> {
         ingest_cpu.get("producer").copied().unwrap_or(0.0),
     );
 
-    println!("[5/7] exec → ready and idle RSS of each function, {} starts each…", args.starts);
-    let starts = phase("5/7 starts", Duration::from_secs(args.phase_timeout_s), starts(stack, &args)).await?;
+    println!("[5/8] exec → ready and idle RSS of each function, {} starts each…", args.starts);
+    let starts = phase("5/8 starts", Duration::from_secs(args.phase_timeout_s), starts(stack, &args)).await?;
     for (name, s) in &starts {
         println!(
             "      {name:<9} exec → ready p50 {:.1} ms, max {:.1} ms; idle RSS {:.1} MB",
@@ -268,10 +294,11 @@ pub async fn run(stack: &Stack, args: BenchArgs) -> anyhow::Result<Report> {
         );
     }
 
-    println!("[6/7] end to end at each size, tracing off…");
+    println!("[6/8] end to end at each size, tracing off…");
     let mut sizes = Vec::new();
     for &size in &args.sizes {
-        let run = end_to_end_phase(stack, &args, size, None, &format!("size-{size}")).await?;
+        let run =
+            end_to_end_phase(stack, &args, size, None, Some(args.max_scale), &format!("size-{size}")).await?;
         println!(
             "      {size:>6} tweets: {:.0} tweets/s, p50 {:.1} ms, p99 {:.1} ms; functions + runner {:.0} CPU-µs per tweet; \
              lost {}, double-counted {}",
@@ -287,16 +314,16 @@ pub async fn run(stack: &Stack, args: BenchArgs) -> anyhow::Result<Report> {
     }
 
     println!(
-        "[7/7] end to end with tracing on (100 % sampling, OTLP to {}) and off, alternated over {} rounds of {} tweets…",
+        "[7/8] end to end with tracing on (100 % sampling, OTLP to {}) and off, alternated over {} rounds of {} tweets…",
         args.otlp_endpoint, args.rounds, args.tweets
     );
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for round in 1..=args.rounds {
         for otlp in [None, Some(args.otlp_endpoint.as_str())] {
             let label = format!("round-{round}-{}", if otlp.is_some() { "on" } else { "off" });
-            let run = end_to_end_phase(stack, &args, args.tweets, otlp, &label).await?;
+            let run = end_to_end_phase(stack, &args, args.tweets, otlp, Some(args.max_scale), &label).await?;
             println!(
-                "      round {round}, tracing {:<3}: {:.0} tweets/s accepted → counted, p50 {:.1} ms, p99 {:.1} ms; \
+                "      round {round}, tracing {:<3}: {:.0} tweets/s, posted → counted p50 {:.1} ms, p99 {:.1} ms; \
                  archived p50 {:.0} ms, p99 {:.0} ms; lost {}, double-counted {}{}",
                 if otlp.is_some() { "on" } else { "off" },
                 run.rate,
@@ -346,6 +373,24 @@ pub async fn run(stack: &Stack, args: BenchArgs) -> anyhow::Result<Report> {
         }
     }
 
+    println!(
+        "[8/8] end to end as deployed (the manifests' autoscaling), tracing off, {} tweets…",
+        args.tweets
+    );
+    let deployed = end_to_end_phase(stack, &args, args.tweets, None, None, "as-deployed").await?;
+    let replicas: Vec<String> = deployed.max_replicas.iter().map(|(f, n)| format!("{f} {n}")).collect();
+    println!(
+        "      {:.0} tweets/s, p99 {:.1} ms; functions + runner {:.0} CPU-µs per tweet ({:.1} × the pinned round 1); \
+         most replicas at once: {}; lost {}, double-counted {}",
+        deployed.rate,
+        deployed.p99,
+        deployed.ours,
+        deployed.ours / e2e.ours.max(1e-9),
+        replicas.join(", "),
+        deployed.lost,
+        deployed.double_counted
+    );
+
     let report = Report {
         machine,
         tweets_per_phase: args.tweets,
@@ -366,8 +411,9 @@ pub async fn run(stack: &Stack, args: BenchArgs) -> anyhow::Result<Report> {
         end_to_end_p99_ms: e2e.p99,
         archived_p50_ms: e2e.archived_p50,
         archived_p99_ms: e2e.archived_p99,
-        lost: off.iter().chain(&on).map(|r| r.lost).sum::<i64>() + sizes.iter().map(|s| s.lost).sum::<i64>(),
-        double_counted: off.iter().chain(&on).map(|r| r.double_counted).sum::<i64>()
+        lost: off.iter().chain(&on).chain([&deployed]).map(|r| r.lost).sum::<i64>()
+            + sizes.iter().map(|s| s.lost).sum::<i64>(),
+        double_counted: off.iter().chain(&on).chain([&deployed]).map(|r| r.double_counted).sum::<i64>()
             + sizes.iter().map(|s| s.double_counted).sum::<i64>(),
         end_to_end_traced_per_s: rate_on,
         end_to_end_traced_p99_ms: on[0].p99,
@@ -378,6 +424,16 @@ pub async fn run(stack: &Stack, args: BenchArgs) -> anyhow::Result<Report> {
         jaeger_cpu_us_per_tweet: jaeger,
         cpu_us_per_tweet: e2e.cpu.clone(),
         cpu_us_per_tweet_traced: on[0].cpu.clone(),
+        max_scale: args.max_scale,
+        as_deployed: Deployed {
+            per_s: deployed.rate,
+            p99_ms: deployed.p99,
+            functions_cpu_us_per_tweet: deployed.ours,
+            cpu_us_per_tweet: deployed.cpu.clone(),
+            max_replicas: deployed.max_replicas.clone(),
+            lost: deployed.lost,
+            double_counted: deployed.double_counted,
+        },
         sizes,
         starts,
     };
@@ -407,14 +463,16 @@ async fn end_to_end_phase(
     args: &BenchArgs,
     tweets: usize,
     otlp: Option<&str>,
+    max_scale: Option<u32>,
     label: &str,
 ) -> anyhow::Result<EndToEnd> {
     let run_id = format!("bench-e2e-{}-{label}", std::process::id());
     let name = format!(
-        "6–7/7 end to end ({label}, {tweets} tweets, tracing {})",
+        "6–8/8 end to end ({label}, {tweets} tweets, tracing {})",
         if otlp.is_some() { "on" } else { "off" }
     );
-    let pipeline = start(stack, args, &run_id, true, otlp).await.with_context(|| format!("phase {name}"))?;
+    let pipeline =
+        start(stack, args, &run_id, true, otlp, max_scale).await.with_context(|| format!("phase {name}"))?;
     let run = end_to_end(&pipeline, args, tweets).await.with_context(|| format!("phase {name}"));
     let log_dir = pipeline.log_dir.clone();
     pipeline.stop().await;
@@ -703,12 +761,17 @@ async fn start(
     run_id: &str,
     sources: bool,
     otlp: Option<&str>,
+    max_scale: Option<u32>,
 ) -> anyhow::Result<Pipeline> {
     let stack = Stack { run_id: Some(run_id.to_owned()), ..stack.clone() };
     let mut extra = Vec::new();
     if !sources {
-        extra.push("--no-sources");
+        extra.push("--no-sources".to_owned());
     }
+    if let Some(n) = max_scale {
+        extra.extend(["--max-scale".to_owned(), n.to_string()]);
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let env: &[(&str, Option<&str>)] = match otlp {
         Some(endpoint) => &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", Some(endpoint)),
@@ -728,8 +791,10 @@ async fn start(
 }
 
 pub(crate) struct Load {
-    /// (when ingest answered 202, relative to the start; how long the request took)
+    /// (when the accepted tweet was posted, relative to the start; how long ingest took to
+    /// answer 202)
     pub accepted: Vec<(Duration, Duration)>,
+    /// (tweet id, when it was posted)
     pub ids: Vec<(String, Duration)>,
     pub elapsed: Duration,
     pub started: Instant,
@@ -795,7 +860,7 @@ pub(crate) async fn closed_loop(
                     let id = reply["id"].as_str().context("202 without an id")?.to_owned();
                     let latency = sent.elapsed();
                     answered.fetch_add(1, Ordering::Relaxed);
-                    accepted.push((id, latency, sent.duration_since(started) + latency));
+                    accepted.push((id, latency, sent.duration_since(started)));
                 }
             })
         })
@@ -822,6 +887,8 @@ struct EndToEnd {
     cpu: BTreeMap<String, f64>,
     /// CPU-µs per tweet of the runner and the functions (its children) together.
     ours: f64,
+    /// Most processes of each function alive at once.
+    max_replicas: BTreeMap<String, usize>,
     peak_rss_mb: BTreeMap<String, f64>,
     dropped_spans: u64,
 }
@@ -861,10 +928,13 @@ async fn end_to_end(pipeline: &Pipeline, args: &BenchArgs, tweets: usize) -> any
         }
         tokio::spawn(async move {
             let mut stopped = stopped;
+            let mut replicas: BTreeMap<String, usize> = BTreeMap::new();
             loop {
                 let mut now = runner.map(crate::pipeline::processes_under).unwrap_or_default();
                 now.extend(fixed.clone());
                 for (name, pids) in &now {
+                    let most = replicas.entry(name.clone()).or_default();
+                    *most = (*most).max(pids.len());
                     for pid in pids {
                         let Some(cpu) = cpu_seconds(*pid) else { continue };
                         let entry = seen.entry(*pid).or_insert_with(|| Seen {
@@ -878,7 +948,7 @@ async fn end_to_end(pipeline: &Pipeline, args: &BenchArgs, tweets: usize) -> any
                     }
                 }
                 tokio::select! {
-                    _ = &mut stopped => return seen,
+                    _ = &mut stopped => return (seen, replicas),
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                 }
             }
@@ -936,12 +1006,12 @@ async fn end_to_end(pipeline: &Pipeline, args: &BenchArgs, tweets: usize) -> any
     let counted = samples.last().map_or(0, |(_, t)| *t);
     let accepted = load.accepted.len() as i64;
 
-    // The k-th acceptance (in time order) pairs with the first sample where total ≥ k.
-    let mut accepted_at: Vec<Duration> = load.accepted.iter().map(|(at, _)| *at + offset).collect();
-    accepted_at.sort();
+    // The k-th post (in time order) pairs with the first sample where total ≥ k.
+    let mut posted_at: Vec<Duration> = load.accepted.iter().map(|(at, _)| *at + offset).collect();
+    posted_at.sort();
     let mut latencies = Vec::new();
     let mut s = 0;
-    for (k, at) in accepted_at.iter().enumerate() {
+    for (k, at) in posted_at.iter().enumerate() {
         while s < samples.len() && samples[s].1 < (k + 1) as i64 {
             s += 1;
         }
@@ -954,7 +1024,8 @@ async fn end_to_end(pipeline: &Pipeline, args: &BenchArgs, tweets: usize) -> any
 
     let archived = archived_latencies(&state, &load, timeout).await;
     let _ = stop_rss.send(());
-    let seen = rss.await.unwrap_or_default();
+    let (seen, mut max_replicas) = rss.await.unwrap_or_default();
+    max_replicas.retain(|name, _| ours.contains(name) && name != "runner");
     let (mut cpu_s, mut peak_rss_mb) = (BTreeMap::<String, f64>::new(), BTreeMap::<String, f64>::new());
     for process in seen.values() {
         *cpu_s.entry(process.name.clone()).or_default() += process.last - process.first;
@@ -977,11 +1048,12 @@ async fn end_to_end(pipeline: &Pipeline, args: &BenchArgs, tweets: usize) -> any
         ours: ours.iter().filter_map(|p| cpu.get(p)).sum(),
         cpu,
         peak_rss_mb,
+        max_replicas,
         dropped_spans: 0,
     })
 }
 
-/// Per tweet: `archived_at` minus the moment ingest accepted it, in ms.
+/// Per tweet: `archived_at` minus the moment it was posted, in ms.
 async fn archived_latencies(state: &State, load: &Load, timeout: Duration) -> anyhow::Result<Vec<f64>> {
     let tweets = state.archive().await?;
     let deadline = Instant::now() + timeout;
@@ -999,16 +1071,17 @@ async fn archived_latencies(state: &State, load: &Load, timeout: Duration) -> an
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let accepted_at: BTreeMap<&str, Duration> = load.ids.iter().map(|(id, at)| (id.as_str(), *at)).collect();
+    let posted_at: BTreeMap<&str, Duration> = load.ids.iter().map(|(id, at)| (id.as_str(), *at)).collect();
     let started_ms = chrono::Utc::now().timestamp_millis() - load.started.elapsed().as_millis() as i64;
     let mut cursor = tweets.find(Default::default()).await?;
     let mut latencies = Vec::new();
     while let Some(doc) = cursor.next().await {
         let doc = doc?;
         if let (Ok(id), Ok(at)) = (doc.get_str("_id"), doc.get_datetime("archived_at"))
-            && let Some(accepted) = accepted_at.get(id)
+            && let Some(posted) = posted_at.get(id)
         {
-            latencies.push((at.timestamp_millis() - started_ms - accepted.as_millis() as i64).max(0) as f64);
+            // max(0): both clocks are read to the millisecond.
+            latencies.push((at.timestamp_millis() - started_ms - posted.as_millis() as i64).max(0) as f64);
         }
     }
     tweets.drop().await?;

@@ -46,6 +46,7 @@ fn options() -> Options {
         stable_window_ms: None,
         events: None,
         backoff_delay_ms: None,
+        max_scale: None,
     }
 }
 
