@@ -5,6 +5,12 @@
 //! headers kept. It holds a request while no replica is ready — starting one if none is on its
 //! way, as on a cold start.
 //!
+//! The runner's own requests — the KafkaSources' deliveries — enter a function's activator in
+//! process ([`Entrance`]), not through its public port: the same choice of replica, cold start,
+//! concurrency (what the autoscaler sees and drains wait for), metrics and answers on failure as a
+//! request on the port gets ([`Gate::forward`] serves both), without the loopback HTTP hop to the
+//! runner itself, a hyper client and server per delivery (`make profile`, README "Performance").
+//!
 //! How many replicas run is the [`crate::autoscaler`]'s decision from the concurrency observed
 //! here, bounded by min-scale and max-scale; a replica that exits on its own is replaced (as the
 //! kubelet and the ReplicaSet would), and one that is no longer wanted first leaves the routing,
@@ -26,10 +32,10 @@ use crate::{
 use anyhow::Context;
 use bytes::Bytes;
 use common::metrics::ServiceLabels;
-use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use http_body_util::{BodyExt, Either, Full, combinators::UnsyncBoxBody};
 use hyper::{
     Request, Response, StatusCode, Uri, Version,
-    body::Incoming,
+    body::{Body, Frame, Incoming, SizeHint},
     header::{self, HeaderMap, HeaderName, HeaderValue},
     service::service_fn,
 };
@@ -40,10 +46,12 @@ use hyper_util::{
 };
 use std::{
     convert::Infallible,
+    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
+    task::Poll,
     time::Duration,
 };
 use tokio::{
@@ -54,6 +62,9 @@ use tokio::{
 };
 
 type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+/// What goes to a replica: a request from a public port, streamed, or one of the runner's own,
+/// in one piece.
+type Outbound = Either<Incoming, Full<Bytes>>;
 
 /// How often each function's replicas are checked (exits, the idle period, the wanted count).
 const RECONCILE: Duration = Duration::from_millis(250);
@@ -180,6 +191,11 @@ impl Activator {
         self.functions.start_order().iter().filter(|name| self.replicas(name) > 0).cloned().collect()
     }
 
+    /// `name`'s activator for the runner's own requests (the KafkaSources' deliveries).
+    pub fn entrance(&self, name: &str) -> anyhow::Result<Entrance> {
+        self.gate(name).map(|gate| Entrance { gate: gate.clone() })
+    }
+
     /// SIGKILL to every ready replica of `name`, for tests of crashes (they are replaced).
     pub fn kill(&self, name: &str) -> anyhow::Result<()> {
         let gate = self.gate(name)?;
@@ -202,6 +218,82 @@ impl Activator {
     }
 }
 
+/// A function's activator entered from inside the runner, without its public port: a request
+/// sent here is routed, held for a cold start, counted and measured as one on the port is, and
+/// gets the same [`Refusal`] status when no replica answers it.
+#[derive(Clone)]
+pub struct Entrance {
+    gate: Arc<Gate>,
+}
+
+impl Entrance {
+    /// Sends `request` (its URI's path and its headers are kept; the authority becomes the
+    /// replica's) to a ready replica. The request counts in flight until the response's body
+    /// is dropped, so read it to its end or drop it.
+    pub async fn send(&self, request: Request<Full<Bytes>>) -> Result<Response<ReplicaBody>, Refusal> {
+        self.gate.forward(request.map(Either::Right), Instant::now()).await
+    }
+}
+
+/// Why no replica answered a request, and the answer the activator gives instead — on a public
+/// port as the response, to an [`Entrance`] as this error — so a KafkaSource sees what it saw
+/// when it delivered through the port (a 502 or 503 it retries, this text in a dead letter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No replica got ready: its start failed, or none was ready within the ready timeout.
+    NotStarted,
+    /// The request cannot be addressed to a replica.
+    Unproxiable,
+    /// The replica's connection failed before its answer's headers came (it exited, say).
+    Unreachable,
+}
+
+impl Refusal {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Refusal::NotStarted => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Unproxiable => StatusCode::BAD_REQUEST,
+            Refusal::Unreachable => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The body of the answer.
+    pub fn text(self) -> &'static str {
+        match self {
+            Refusal::NotStarted => "function did not start",
+            Refusal::Unproxiable => "cannot proxy this request",
+            Refusal::Unreachable => "function unreachable",
+        }
+    }
+}
+
+/// A replica's response body, which keeps its request counted in flight until it is dropped: a
+/// streamed answer keeps its replica busy until its last byte.
+pub struct ReplicaBody {
+    body: Incoming,
+    _in_flight: InFlight,
+}
+
+impl Body for ReplicaBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// One function's activator: its replicas and the requests in flight to it.
 struct Gate {
     name: String,
@@ -219,7 +311,7 @@ struct Gate {
     state: Mutex<State>,
     /// Wakes requests waiting for a replica or capacity, and drains waiting for requests to end.
     changed: Notify,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, Outbound>,
     version: Version,
     labels: ServiceLabels,
 }
@@ -286,8 +378,10 @@ impl State {
     }
 }
 
-/// A request at the activator, counted until dropped — with the response body, so a streamed
-/// answer keeps its replica busy until its last byte.
+/// A request at the activator, counted until dropped: in the function's concurrency (what the
+/// autoscaler samples and the idle period waits for) from its arrival, and in its replica's load
+/// (what routing compares and a drain waits for) once [`Gate::lease`] chose one. It goes with the
+/// response body ([`ReplicaBody`]).
 struct InFlight {
     gate: Arc<Gate>,
     load: Option<Arc<Load>>,
@@ -418,28 +512,35 @@ impl Gate {
         connections.abort_all();
     }
 
-    /// Proxies one request to a ready replica, waiting for one if there is none.
+    /// Proxies one request from the public port.
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
-        let arrived = Instant::now();
-        let mut in_flight = InFlight::new(self.clone());
-        let (load, cold) = match self.clone().replica(arrived).await {
-            Ok(found) => found,
+        Ok(match self.forward(request.map(Either::Left), Instant::now()).await {
+            Ok(response) => response.map(BodyExt::boxed_unsync),
+            Err(refusal) => answer(refusal.status(), refusal.text()),
+        })
+    }
+
+    /// Sends one request, from a public port or an [`Entrance`], to a ready replica (waiting for
+    /// one, starting one if none is on its way: a cold start). Counted in flight from `arrived`
+    /// until the response body is dropped, and in the runner's metrics once answered, by the
+    /// replica or with a [`Refusal`].
+    async fn forward(
+        self: &Arc<Self>,
+        request: Request<Outbound>,
+        arrived: Instant,
+    ) -> Result<Response<ReplicaBody>, Refusal> {
+        let (in_flight, port, cold) = match self.lease(arrived).await {
+            Ok(leased) => leased,
             Err(e) => {
                 tracing::error!(function = %self.name, error = format!("{e:#}"), "No replica to serve the request");
-                return Ok(
-                    self.answered(arrived, answer(StatusCode::SERVICE_UNAVAILABLE, "function did not start"))
-                );
+                return Err(self.refused(arrived, Refusal::NotStarted));
             }
         };
-        let port = load.port;
-        in_flight.load = Some(load);
         let request = match self.outgoing(request, port) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(function = %self.name, error = %e, "Cannot proxy the request");
-                return Ok(
-                    self.answered(arrived, answer(StatusCode::BAD_REQUEST, "cannot proxy this request"))
-                );
+                return Err(self.refused(arrived, Refusal::Unproxiable));
             }
         };
         match self.client.request(request).await {
@@ -449,32 +550,42 @@ impl Gate {
                 }
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                let body = body
-                    .map_err(move |e| {
-                        let _ = &in_flight;
-                        e
-                    })
-                    .boxed_unsync();
-                Ok(self.answered(arrived, Response::from_parts(parts, body)))
+                self.answered(arrived, parts.status);
+                Ok(Response::from_parts(parts, ReplicaBody { body, _in_flight: in_flight }))
             }
             Err(e) => {
                 tracing::warn!(function = %self.name, port, error = %e, "Proxying to the function failed");
-                Ok(self.answered(arrived, answer(StatusCode::BAD_GATEWAY, "function unreachable")))
+                Err(self.refused(arrived, Refusal::Unreachable))
             }
         }
     }
 
+    /// A request counted in flight from `arrived` and a replica for it (its port), counted in
+    /// the replica's load too; `true` if it had to wait for a replica to start. Dropping the
+    /// [`InFlight`] releases both.
+    async fn lease(self: &Arc<Self>, arrived: Instant) -> anyhow::Result<(InFlight, u16, bool)> {
+        let mut in_flight = InFlight::new(self.clone());
+        let (load, cold) = self.replica(arrived).await?;
+        let port = load.port;
+        in_flight.load = Some(load);
+        Ok((in_flight, port, cold))
+    }
+
+    fn refused(&self, arrived: Instant, refusal: Refusal) -> Refusal {
+        self.answered(arrived, refusal.status());
+        refusal
+    }
+
     /// Counts and times an answer (to its headers) in the runner's metrics.
-    fn answered(&self, arrived: Instant, response: Response<ProxyBody>) -> Response<ProxyBody> {
+    fn answered(&self, arrived: Instant, status: StatusCode) {
         let metrics = common::metrics::get();
         metrics.activator_duration.get_or_create(&self.labels).observe(arrived.elapsed().as_secs_f64());
-        metrics.activator_request(&self.name, response.status().as_u16());
-        response
+        metrics.activator_request(&self.name, status.as_u16());
     }
 
     /// The least busy ready replica with room for one more request, marked busier; `true` if
     /// the request had to wait for a replica to start.
-    async fn replica(self: Arc<Self>, arrived: Instant) -> anyhow::Result<(Arc<Load>, bool)> {
+    async fn replica(self: &Arc<Self>, arrived: Instant) -> anyhow::Result<(Arc<Load>, bool)> {
         let deadline = arrived + READY_TIMEOUT + Duration::from_secs(5);
         let mut cold = false;
         let mut failures = None;
@@ -742,7 +853,7 @@ impl Gate {
 
     /// The request for the replica's port, without hop-by-hop headers (`te: trailers` stays:
     /// gRPC needs it).
-    fn outgoing(&self, request: Request<Incoming>, port: u16) -> anyhow::Result<Request<Incoming>> {
+    fn outgoing(&self, request: Request<Outbound>, port: u16) -> anyhow::Result<Request<Outbound>> {
         let (mut parts, body) = request.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         parts.uri = Uri::builder()

@@ -87,7 +87,8 @@ impl Functions {
             .with_context(|| format!("no function {name:?}"))
     }
 
-    /// The public port of a function: what callers and the KafkaSources use.
+    /// The public port of a function: what callers use (the KafkaSources enter the activator in
+    /// process, `activator::Entrance`, and name their sink by its URL).
     pub fn port(&self, name: &str) -> anyhow::Result<u16> {
         Ok(self.get(name)?.port)
     }

@@ -360,11 +360,15 @@ impl Runner {
             .create()
             .context("creating the dead-letter producer")?;
         for source in sources {
+            // Delivered in process through the sink's activator; the public URL names the sink
+            // in dead letters and spans.
             let sink_url = self.functions.url(&source.sink)?;
+            let entrance = self.activator().entrance(&source.sink)?;
             self.sources.push(Source::start(
                 source,
                 brokers,
                 sink_url,
+                entrance,
                 producer.clone(),
                 self.options.deliveries,
                 stop.clone(),

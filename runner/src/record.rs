@@ -2,14 +2,42 @@
 //! eventing-kafka-broker does (`InvalidCloudEventInterceptor`, `CloudEventOverridesMutator`):
 //! a CloudEvent record (binary or structured mode) is forwarded as it is, anything else is
 //! wrapped as `dev.knative.kafka.event`, and both get `knativekafkapartition`/`…offset`.
+//!
+//! The sink gets the event as an HTTP request in binary mode ([`Binary`], [`from_event`]).
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use cloudevents::{
-    AttributesWriter, Event, EventBuilder, EventBuilderV10, binding::rdkafka::MessageExt,
-    event::ExtensionValue,
+    AttributesWriter, Event, EventBuilder, EventBuilderV10,
+    binding::{
+        http::{SPEC_VERSION_HEADER, header_prefix},
+        rdkafka::MessageExt,
+    },
+    event::{ExtensionValue, SpecVersion},
+    message::{BinaryDeserializer, BinarySerializer, MessageAttributeValue},
 };
 use common::event::{KAFKA_EVENT_TYPE, OFFSET_EXTENSION, PARTITION_EXTENSION};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use rdkafka::message::{Headers, Message};
+
+/// A CloudEvent as an HTTP request in binary mode: its `ce-*` headers, `content-type` (its
+/// `datacontenttype`) and body. The source adds its own headers (`Prefer`, `Kn-Namespace`, the
+/// trace context).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Binary {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// The request a sink gets for `message` from the KafkaSource `namespace/name`: [`to_event`]'s
+/// event in binary mode. An error is an event with a header HTTP cannot carry.
+pub fn to_binary<M: MessageExt + Message>(
+    message: &M,
+    namespace: &str,
+    name: &str,
+) -> Result<Binary, cloudevents::message::Error> {
+    from_event(to_event(message, namespace, name))
+}
 
 /// The event for `record`, as the KafkaSource `namespace/name` would deliver it.
 pub fn to_event<M: MessageExt + Message>(message: &M, namespace: &str, name: &str) -> Event {
@@ -53,6 +81,51 @@ fn wrap(message: &impl Message, namespace: &str, name: &str) -> Event {
         event.set_data_unchecked(value.to_vec());
     }
     event
+}
+
+/// `event` in HTTP binary mode, header for header as the CloudEvents SDK's reqwest binding
+/// writes it (what the runner sent before it delivered in process): `ce-` and the attribute or
+/// extension name (lower-cased, as every HTTP header name is), `content-type` for
+/// `datacontenttype`, each value as the SDK prints it, a header repeated when two names meet.
+pub fn from_event(event: Event) -> Result<Binary, cloudevents::message::Error> {
+    BinaryDeserializer::deserialize_binary(event, BinaryWriter::default())
+}
+
+#[derive(Default)]
+struct BinaryWriter {
+    headers: HeaderMap,
+}
+
+impl BinaryWriter {
+    fn header(mut self, name: &str, value: String) -> cloudevents::message::Result<Self> {
+        let invalid = |e: hyper::http::Error| cloudevents::message::Error::Other { source: Box::new(e) };
+        let name = HeaderName::try_from(name).map_err(|e| invalid(e.into()))?;
+        let value = HeaderValue::try_from(value).map_err(|e| invalid(e.into()))?;
+        self.headers.append(name, value);
+        Ok(self)
+    }
+}
+
+impl BinarySerializer<Binary> for BinaryWriter {
+    fn set_spec_version(self, spec_version: SpecVersion) -> cloudevents::message::Result<Self> {
+        self.header(SPEC_VERSION_HEADER, spec_version.to_string())
+    }
+
+    fn set_attribute(self, name: &str, value: MessageAttributeValue) -> cloudevents::message::Result<Self> {
+        self.header(&header_prefix(name), value.to_string())
+    }
+
+    fn set_extension(self, name: &str, value: MessageAttributeValue) -> cloudevents::message::Result<Self> {
+        self.header(&header_prefix(name), value.to_string())
+    }
+
+    fn end_with_data(self, bytes: Vec<u8>) -> cloudevents::message::Result<Binary> {
+        Ok(Binary { headers: self.headers, body: bytes.into() })
+    }
+
+    fn end(self) -> cloudevents::message::Result<Binary> {
+        Ok(Binary { headers: self.headers, body: Bytes::new() })
+    }
 }
 
 /// An extension value as the CloudEvents HTTP binding (1.0.2, §3.1.3.2) carries it in a
@@ -146,6 +219,87 @@ mod tests {
             e.extension("kafkaheaderlugar").map(|v| v.to_string()).as_deref(),
             Some("Ciudad%20de%20M%C3%A9xico%20100%25")
         );
+    }
+
+    /// A record as our producer writes it (`producer::Producer::publish`): the tweet event in
+    /// binary mode, its trace as `ce_traceparent` and as a plain `traceparent` header.
+    fn produced(idempotent: bool) -> OwnedMessage {
+        use cloudevents::binding::rdkafka::{FutureRecordExt, MessageRecord};
+        let tweet = common::tweet::Tweet::new("Hoy llueve en Cusco", "Perú", Some("lluvioso")).unwrap();
+        let mut event =
+            common::event::tweet_event("0190c3e4-7d2a-7b8e-9f00-1234567890ab", "/weather/producer", &tweet);
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        event.set_extension("traceparent", traceparent);
+        if idempotent {
+            event.set_extension(common::event::IDEMPOTENT_EXTENSION, true);
+        }
+        let message = MessageRecord::from_event(event).unwrap();
+        let record: rdkafka::producer::FutureRecord<'_, str, Vec<u8>> =
+            rdkafka::producer::FutureRecord::to("messages").message_record(&message);
+        let headers = record.headers.unwrap().insert(Header { key: "traceparent", value: Some(traceparent) });
+        OwnedMessage::new(
+            record.payload.cloned(),
+            Some("Perú".as_bytes().to_vec()),
+            "messages".into(),
+            Timestamp::CreateTime(1_700_000_000_123),
+            1,
+            7_001,
+            Some(headers),
+        )
+    }
+
+    /// A binary-mode record with every header the forwarding has to treat as the Event does.
+    fn unusual() -> OwnedMessage {
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "ce_specversion", value: Some("1.0") })
+            .insert(Header { key: "ce_id", value: Some("") })
+            .insert(Header { key: "ce_ID", value: Some("an extension, not the id") })
+            .insert(Header { key: "ce_type", value: Some("io.github.weathertweets.tweet.v1") })
+            .insert(Header { key: "ce_source", value: Some("not a URI at all") })
+            .insert(Header { key: "ce_subject", value: Some("Perú 100%") })
+            .insert(Header { key: "ce_time", value: Some("2026-12-02T11:30:00.5+02:00") })
+            .insert(Header { key: "ce_MixedCase", value: Some("x") })
+            .insert(Header { key: "ce_mixedcase", value: Some("y") })
+            .insert(Header { key: "ce_knativekafkaoffset", value: Some("999") })
+            .insert(Header { key: "ce_KnativeKafkaPartition", value: Some("kept") })
+            .insert(Header { key: "ce_", value: Some("empty name") })
+            .insert(Header { key: "Content-Type", value: Some("text/other") })
+            .insert(Header { key: "CE_ignored", value: Some("1") })
+            .insert(Header { key: "content-type", value: Some("application/json; charset=utf-8") });
+        record(None, br#"{"texto":"sol","pais":"Chile"}"#, headers)
+    }
+
+    /// Header names and values, sorted: the order of a request's headers carries nothing, and
+    /// the Event keeps its extensions in a hash map.
+    fn sorted(headers: &HeaderMap) -> Vec<(String, String)> {
+        let mut all: Vec<_> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// The request the runner sent before it delivered in process: the Event through the
+    /// CloudEvents SDK's reqwest binding.
+    fn through_reqwest(event: Event) -> (Vec<(String, String)>, Vec<u8>) {
+        use cloudevents::binding::reqwest::RequestBuilderExt;
+        let request =
+            reqwest::Client::new().post("http://127.0.0.1:8082").event(event).unwrap().build().unwrap();
+        let body = request.body().and_then(reqwest::Body::as_bytes).unwrap_or_default().to_vec();
+        (sorted(request.headers()), body)
+    }
+
+    #[test]
+    fn the_event_in_binary_mode_is_what_reqwest_sent() {
+        let plain = record(Some(b"Chile"), b"\xff not a tweet", OwnedHeaders::new());
+        for message in [produced(false), produced(true), unusual(), plain] {
+            let event = to_event(&message, "weather", "counter");
+            let binary = from_event(event.clone()).unwrap();
+            assert_eq!((sorted(&binary.headers), binary.body.to_vec()), through_reqwest(event));
+            let ours = to_binary(&message, "weather", "counter").unwrap();
+            assert_eq!((sorted(&ours.headers), ours.body), (sorted(&binary.headers), binary.body));
+        }
     }
 
     #[test]

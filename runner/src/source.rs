@@ -6,14 +6,28 @@
 //!
 //! One difference, on purpose: Knative commits a record whose dead-letter send failed; we keep
 //! retrying the dead-letter topic instead, so a record is never dropped.
+//!
+//! A delivery enters the sink's activator in process ([`Entrance`]) rather than through the
+//! sink's public port, which Knative's dispatcher would call: the request a replica gets is the
+//! one the port would have passed on (the public URL's `Host`, `Accept: */*`, the same
+//! CloudEvent headers and body, [`record::to_binary`]), the activator routes, cold-starts,
+//! counts and measures it as it does a request on the port, and when no replica answers the
+//! source gets the status the port would have answered ([`Refusal`]: 503 while nothing starts,
+//! 502 when the replica's connection fails, say it died mid-request), so retries and dead letters
+//! are as they were. `knativeerrordest` still names the public URL, where `tools replay` sends.
 
+use crate::activator::{Entrance, Refusal};
 use crate::manifests::{KafkaSource, Ordering};
-use crate::record;
+use crate::record::{self, Binary};
 use anyhow::Context;
 use base64::Engine;
-use cloudevents::binding::reqwest::RequestBuilderExt;
-use cloudevents::{Event, binding::rdkafka::FutureRecordExt, binding::rdkafka::MessageRecord};
+use cloudevents::{binding::rdkafka::FutureRecordExt, binding::rdkafka::MessageRecord};
 use futures::{StreamExt, stream::FuturesOrdered};
+use http_body_util::{BodyExt, Full};
+use hyper::{
+    Method, Request, Uri,
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+};
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
     consumer::{CommitMode, Consumer, StreamConsumer},
@@ -34,9 +48,9 @@ use tracing::{Instrument, Span, field::Empty};
 
 /// Events in flight per partition for `ordering: unordered` (Knative's `max.poll.records`).
 pub const UNORDERED_IN_FLIGHT: usize = 50;
-const PREFER: reqwest::header::HeaderName = reqwest::header::HeaderName::from_static("prefer");
-const PREFER_REPLY: reqwest::header::HeaderValue = reqwest::header::HeaderValue::from_static("reply");
-const KN_NAMESPACE: reqwest::header::HeaderName = reqwest::header::HeaderName::from_static("kn-namespace");
+const PREFER: HeaderName = HeaderName::from_static("prefer");
+const PREFER_REPLY: HeaderValue = HeaderValue::from_static("reply");
+const KN_NAMESPACE: HeaderName = HeaderName::from_static("kn-namespace");
 /// Knative keeps at most this much of a failed response in `knativeerrordata`.
 const ERROR_DATA_BYTES: usize = 1024;
 
@@ -61,15 +75,17 @@ pub struct Progress {
 
 struct Dispatcher {
     source: KafkaSource,
+    /// The sink's public URL (`knativeerrordest`, the spans' `url.full`).
     sink_url: String,
-    /// `sink_url` parsed once: parsing it for every request was 7 % of the runner's
-    /// instructions (`make profile`).
-    sink: reqwest::Url,
-    namespace: reqwest::header::HeaderValue,
+    /// `sink_url` parsed once, and the headers every delivery carries besides the event's:
+    /// `Prefer`, `Kn-Namespace`, and what a client of the public URL would send (`Host`,
+    /// reqwest's `Accept: */*`).
+    sink: Uri,
+    headers: HeaderMap,
     /// Span names, built once.
     receive_name: String,
     send_name: String,
-    client: reqwest::Client,
+    entrance: Entrance,
     producer: FutureProducer,
     consumer: Arc<StreamConsumer>,
     progress: Arc<Progress>,
@@ -81,6 +97,14 @@ struct Failure {
     code: Option<u16>,
     body: Vec<u8>,
     error: String,
+}
+
+impl From<Refusal> for Failure {
+    /// The activator's answer in a replica's place, as the source got it from the public port.
+    fn from(refusal: Refusal) -> Failure {
+        let code = refusal.status().as_u16();
+        Failure { code: Some(code), body: refusal.text().as_bytes().to_vec(), error: format!("HTTP {code}") }
+    }
 }
 
 /// The librdkafka settings of a source's consumer, the one place they are written (`make
@@ -108,11 +132,13 @@ pub fn consumer_config(brokers: &str, group: &str, initial_offset: &str) -> Clie
 }
 
 impl Source {
-    /// Subscribes and starts delivering until `shutdown` turns true.
+    /// Subscribes and starts delivering, through `entrance` to the sink whose public URL is
+    /// `sink_url`, until `shutdown` turns true.
     pub fn start(
         source: KafkaSource,
         brokers: &str,
         sink_url: String,
+        entrance: Entrance,
         producer: FutureProducer,
         deliveries: u32,
         shutdown: watch::Receiver<bool>,
@@ -125,20 +151,23 @@ impl Source {
         let topics: Vec<&str> = source.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).context("subscribing")?;
         let progress = Arc::new(Progress::default());
-        let sink = reqwest::Url::parse(&sink_url).with_context(|| format!("the sink URL {sink_url:?}"))?;
-        let namespace = reqwest::header::HeaderValue::from_str(&source.namespace)
+        let sink: Uri = sink_url.parse().with_context(|| format!("the sink URL {sink_url:?}"))?;
+        let authority = sink.authority().with_context(|| format!("the sink URL {sink_url:?} has no host"))?;
+        let namespace = HeaderValue::from_str(&source.namespace)
             .with_context(|| format!("the namespace {:?} as a header", source.namespace))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(PREFER, PREFER_REPLY);
+        headers.insert(KN_NAMESPACE, namespace);
+        headers.insert(header::HOST, HeaderValue::from_str(authority.as_str())?);
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         let receive_name = format!("receive {}", source.topics.first().map_or("", String::as_str));
         let send_name = format!("POST {}", source.sink);
         let dispatcher = Arc::new(Dispatcher {
             sink,
-            namespace,
+            headers,
             receive_name,
             send_name,
-            client: reqwest::Client::builder()
-                .tcp_nodelay(true)
-                .build()
-                .context("creating the HTTP client")?,
+            entrance,
             sink_url,
             producer,
             consumer: consumer.clone(),
@@ -297,13 +326,17 @@ impl Dispatcher {
 
     /// Delivers (or dead-letters) one record; `None` if shutdown interrupted it.
     async fn dispatch(self: Arc<Self>, message: OwnedMessage) -> Option<(String, i32, i64)> {
-        let event = record::to_event(&message, &self.source.namespace, &self.source.name);
+        // Built once for every attempt; an event HTTP cannot carry fails each attempt as it did
+        // when reqwest refused to build its request.
+        let request = record::to_binary(&message, &self.source.namespace, &self.source.name)
+            .map(|binary| self.with_source_headers(binary))
+            .map_err(|e| e.to_string());
         let span = self.receive_span(&message);
         for _ in 0..self.deliveries {
-            match self.deliver(&event, &span).instrument(span.clone()).await? {
+            match self.deliver(&request, &span).instrument(span.clone()).await? {
                 Ok(()) => {}
                 Err(failure) => {
-                    self.dead_letter(&message, event, failure).await?;
+                    self.dead_letter(&message, failure).await?;
                     return Some((message.topic().to_owned(), message.partition(), message.offset()));
                 }
             }
@@ -311,12 +344,20 @@ impl Dispatcher {
         Some((message.topic().to_owned(), message.partition(), message.offset()))
     }
 
+    /// The event's headers with the ones every delivery of this source carries.
+    fn with_source_headers(&self, mut binary: Binary) -> Binary {
+        for (name, value) in &self.headers {
+            binary.headers.append(name, value.clone());
+        }
+        binary
+    }
+
     /// One delivery with the source's retries; `None` if shutdown interrupted the retries.
-    async fn deliver(&self, event: &Event, trace: &Span) -> Option<Result<(), Failure>> {
+    async fn deliver(&self, request: &Result<Binary, String>, trace: &Span) -> Option<Result<(), Failure>> {
         let delivery = &self.source.delivery;
         let mut retries = 0;
         loop {
-            let failure = match self.send(event, trace).await {
+            let failure = match self.send(request, trace).await {
                 Ok(()) => return Some(Ok(())),
                 Err(f) => f,
             };
@@ -332,7 +373,11 @@ impl Dispatcher {
         }
     }
 
-    async fn send(&self, event: &Event, trace: &Span) -> Result<(), Failure> {
+    /// One attempt, bounded by the source's `timeout` from the start to the answer's last byte
+    /// (as reqwest's total timeout was).
+    async fn send(&self, binary: &Result<Binary, String>, trace: &Span) -> Result<(), Failure> {
+        let binary =
+            binary.as_ref().map_err(|e| Failure { code: None, body: Vec::new(), error: e.clone() })?;
         let span = if trace.is_none() {
             Span::none()
         } else {
@@ -346,43 +391,57 @@ impl Dispatcher {
                 http.response.status_code = Empty,
             )
         };
-        let mut request = self
-            .client
-            .post(self.sink.clone())
-            .timeout(self.source.delivery.timeout)
-            .header(PREFER, PREFER_REPLY)
-            .header(KN_NAMESPACE, self.namespace.clone())
-            .event(event.clone())
-            .map_err(|e| Failure { code: None, body: Vec::new(), error: e.to_string() })?;
+        let mut request = Request::new(Full::new(binary.body.clone()));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.sink.clone();
+        *request.headers_mut() = binary.headers.clone();
         for (key, value) in common::telemetry::headers(&span) {
-            request = request.header(key, value);
-        }
-        let response = request.send().instrument(span.clone()).await;
-        if let Ok(r) = &response {
-            span.record("http.response.status_code", r.status().as_u16());
-        }
-        match response {
-            Ok(response) if response.status().as_u16() < 300 => Ok(()),
-            Ok(response) => {
-                let code = response.status().as_u16();
-                let body = response.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
-                Err(Failure { code: Some(code), error: format!("HTTP {code}"), body })
+            if let (Ok(key), Ok(value)) = (HeaderName::try_from(key), HeaderValue::try_from(value)) {
+                request.headers_mut().append(key, value);
             }
-            Err(e) => Err(Failure { code: None, body: Vec::new(), error: e.to_string() }),
         }
+        let deadline = tokio::time::Instant::now() + self.source.delivery.timeout;
+        let answer =
+            tokio::time::timeout_at(deadline, self.entrance.send(request)).instrument(span.clone()).await;
+        let response = match answer {
+            Err(_) => {
+                let error = format!("no answer within {:?}", self.source.delivery.timeout);
+                return Err(Failure { code: None, body: Vec::new(), error });
+            }
+            Ok(Err(refusal)) => {
+                span.record("http.response.status_code", refusal.status().as_u16());
+                return Err(Failure::from(refusal));
+            }
+            Ok(Ok(response)) => response,
+        };
+        let code = response.status().as_u16();
+        span.record("http.response.status_code", code);
+        // Read to its end, so the connection to the replica is used again, and the request stops
+        // counting in flight.
+        let body = tokio::time::timeout_at(deadline, response.into_body().collect()).await;
+        if code < 300 {
+            return Ok(());
+        }
+        let body = match body {
+            Ok(Ok(collected)) => collected.to_bytes().to_vec(),
+            _ => Vec::new(),
+        };
+        Err(Failure { code: Some(code), error: format!("HTTP {code}"), body })
     }
 
     /// Writes the event, with Knative's error extensions, to the dead-letter topic; retries until
     /// Kafka takes it, unless Kafka refuses it for good ([`refused_for_good`]): then the record
     /// is logged at error with its position, counted in `weather_dead_letters_refused_total` and
     /// committed, as Knative does, so the partition flows on. `None` if shutdown interrupted it.
-    async fn dead_letter(&self, message: &OwnedMessage, mut event: Event, failure: Failure) -> Option<()> {
+    async fn dead_letter(&self, message: &OwnedMessage, failure: Failure) -> Option<()> {
         tracing::warn!(source = %self.source.name, partition = message.partition(), offset = message.offset(),
             code = ?failure.code, error = %failure.error, "Delivery failed, dead-lettering");
         let Some(topic) = &self.source.delivery.dead_letter_topic else {
             tracing::error!(source = %self.source.name, "No dead-letter sink: the record is dropped, as Knative does");
             return Some(());
         };
+        // The event as the Event path makes it, whether the deliveries were forwarded or not.
+        let mut event = record::to_event(message, &self.source.namespace, &self.source.name);
         event.set_extension("knativeerrordest", self.sink_url.clone());
         if let Some(code) = failure.code {
             event.set_extension("knativeerrorcode", code.to_string());
