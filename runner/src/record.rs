@@ -56,10 +56,12 @@ pub fn to_binary<M: MessageExt + Message>(
 
 /// The event for `record`, as the KafkaSource `namespace/name` would deliver it.
 pub fn to_event<M: MessageExt + Message>(message: &M, namespace: &str, name: &str) -> Event {
-    let mut event = match message.to_event() {
-        Ok(event) => event,
-        Err(_) => wrap(message, namespace, name),
-    };
+    // The SDK unwraps every header's value: a header without one (a Kafka null) would panic
+    // the partition's delivery and stall it. Such a record is not a CloudEvent we can read, so
+    // it is wrapped like any other, and its sink decides (ours dead-letter it).
+    let valueless = message.headers().is_some_and(|h| h.iter().any(|h| h.value.is_none()));
+    let read = if valueless { None } else { message.to_event().ok() };
+    let mut event = read.unwrap_or_else(|| wrap(message, namespace, name));
     event.set_extension(PARTITION_EXTENSION, ExtensionValue::Integer(message.partition().into()));
     event.set_extension(OFFSET_EXTENSION, ExtensionValue::Integer(message.offset()));
     event
@@ -268,6 +270,20 @@ mod tests {
             41,
             Some(headers),
         )
+    }
+
+    #[test]
+    fn a_cloudevent_record_with_a_valueless_header_is_wrapped_not_a_panic() {
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "ce_specversion", value: Some("1.0") })
+            .insert(Header { key: "ce_id", value: Some("t-1") })
+            .insert(Header { key: "ce_type", value: Some("dev.weather.tweet") })
+            .insert(Header { key: "ce_source", value: Some("/ingest") })
+            .insert(Header::<&str> { key: "ce_empty", value: None });
+        let e = to_event(&record(Some(b"Chile"), b"{}", headers), "weather", "counter");
+        assert_eq!(e.ty(), KAFKA_EVENT_TYPE);
+        assert_eq!(e.extension("kafkaheaderceempty").map(|v| v.to_string()).as_deref(), Some(""));
+        assert_eq!(e.extension(OFFSET_EXTENSION), Some(&ExtensionValue::Integer(41)));
     }
 
     #[test]
