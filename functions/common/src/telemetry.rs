@@ -119,16 +119,32 @@ where
         .with_filter(filter)
 }
 
-/// The OTLP exporter, when the environment asks for one and it can be built.
+/// The OTLP exporter, when the environment asks for one and it can be built. Its gRPC channel
+/// runs on a runtime of its own, on a thread of its own: the batch processor exports from its own
+/// thread and waits for the channel's tasks, and a function's runtime has one thread
+/// (`#[tokio::main(flavor = "current_thread")]`), which is the one waiting in [`Guard`] for the
+/// last export at shutdown — on that runtime the flush would wait its full timeout and lose the
+/// spans.
 fn exporter() -> Option<opentelemetry_otlp::SpanExporter> {
     if !exporting() {
         return None;
     }
-    opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
+    let disabled = |e: &dyn std::fmt::Display| eprintln!("OTLP trace exporter disabled: {e}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
-        .inspect_err(|e| eprintln!("OTLP trace exporter disabled: {e}"))
-        .ok()
+        .inspect_err(|e| disabled(e))
+        .ok()?;
+    let exporter = {
+        let _entered = runtime.enter();
+        opentelemetry_otlp::SpanExporter::builder().with_tonic().build().inspect_err(|e| disabled(e)).ok()?
+    };
+    std::thread::Builder::new()
+        .name("otlp-export".into())
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))
+        .inspect_err(|e| disabled(e))
+        .ok()?;
+    Some(exporter)
 }
 
 /// Stands where the OpenTelemetry layer would when nothing is exported: it keeps the spans (for
