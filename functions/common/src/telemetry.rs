@@ -6,9 +6,16 @@
 //!   `RUST_LOG` filters logs only: spans are kept at `info` whatever it says.
 //! - **Traces**: OpenTelemetry spans through `tracing-opentelemetry`, exported in batches over OTLP
 //!   (gRPC) when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is set and
-//!   `OTEL_SDK_DISABLED` is not `true`; the SDK reads the other `OTEL_*` variables itself
-//!   (sampler, timeouts, headers). The exporter's own gRPC traffic creates no spans: nothing
-//!   instruments tonic's transport, and its crates log at `warn` only.
+//!   `OTEL_SDK_DISABLED` is not `true` ([`exporting`]); the SDK reads the other `OTEL_*`
+//!   variables itself (sampler, timeouts, headers). The exporter's own gRPC traffic creates no
+//!   spans: nothing instruments tonic's transport, and its crates log at `warn` only.
+//! - **Without an exporter** no OpenTelemetry span is built (that layer cost 14–18 % of each
+//!   function's instructions, `make profile`): the `tracing` spans remain for the logs, and the
+//!   context passes through unchanged, as OpenTelemetry's API does without an SDK — a server
+//!   span carries the caller's `traceparent`/`tracestate` as they came (or, when there is none, a
+//!   fresh unsampled root, so that logs and the archive still get a trace id), and every span
+//!   inside hands that same context to the next hop. Log lines then carry `trace_id` only: there
+//!   is no span of ours to name.
 //! - **Propagation**: W3C `traceparent`/`tracestate`, in HTTP headers, gRPC metadata and Kafka
 //!   record headers ([`inject`], [`extract`]).
 
@@ -16,24 +23,31 @@ use axum::{extract::Request, middleware::Next, response::Response};
 use opentelemetry::{
     Context,
     propagation::{Extractor, Injector},
-    trace::{TraceContextExt, TracerProvider as _},
+    trace::{SpanContext, TraceContextExt, TraceFlags, TraceState, TracerProvider as _},
 };
 use opentelemetry_sdk::{
     Resource,
     propagation::TraceContextPropagator,
-    trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider},
+    trace::{BatchConfigBuilder, BatchSpanProcessor, IdGenerator, RandomIdGenerator, SdkTracerProvider},
 };
 use std::io::IsTerminal;
-use tracing::{Instrument, Span, field::Empty};
+use tracing::{Instrument, Span, Subscriber, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{EnvFilter, Layer, filter::Targets, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter, Layer, Registry,
+    filter::Targets,
+    layer::SubscriberExt,
+    registry::{LookupSpan, SpanRef},
+    util::SubscriberInitExt,
+};
 
-/// Flushes and shuts the trace exporter down when dropped (at the end of `main`).
-pub struct Guard(SdkTracerProvider);
+/// Flushes and shuts the trace exporter down when dropped (at the end of `main`); holds nothing
+/// when there is no exporter.
+pub struct Guard(Option<SdkTracerProvider>);
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if let Err(e) = self.0.shutdown() {
+        if let Some(Err(e)) = self.0.as_ref().map(SdkTracerProvider::shutdown) {
             eprintln!("flushing traces failed: {e}");
         }
     }
@@ -49,49 +63,110 @@ pub fn exporting() -> bool {
 /// Installs logging, tracing and the W3C propagator; call first thing in `main`.
 pub fn init(service: &'static str) -> Guard {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    const QUIET: &str =
-        "h2=warn,hyper=warn,hyper_util=warn,tonic=warn,tower=warn,opentelemetry=warn,opentelemetry_sdk=warn";
-    // Logs follow RUST_LOG; spans do not, so `RUST_LOG=warn` keeps traces whole.
+    let provider = exporter().map(|exporter| {
+        SdkTracerProvider::builder()
+            .with_resource(Resource::builder().with_service_name(service).build())
+            .with_span_processor(
+                BatchSpanProcessor::builder(exporter).with_batch_config(batch_config()).build(),
+            )
+            .build()
+    });
+    let registry = tracing_subscriber::registry().with(traces(service, provider.as_ref()));
     let logs = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("info,{QUIET}")));
-    // A static list of targets, so `Targets` (a prefix match) rather than an `EnvFilter`, whose
-    // per-span bookkeeping on every enter and exit was a few per cent of each process
-    // (`make profile`).
-    let spans: Targets = format!("info,{QUIET}").parse().expect("a valid list of targets");
-    let provider = provider(service);
-    let traces = tracing_opentelemetry::layer().with_tracer(provider.tracer(service)).with_filter(spans);
-    let registry = tracing_subscriber::registry().with(traces);
     if std::io::stderr().is_terminal() {
         registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(logs)).init();
     } else {
-        let json = tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(true)
-            .with_writer(std::io::stderr)
-            .with_filter(logs);
-        registry.with(json).init();
+        registry.with(json_logs(std::io::stderr, logs)).init();
     }
     Guard(provider)
 }
 
-/// With an exporter when the environment asks for one. Without, spans are never sampled but
-/// still get ids, so logs carry them and the context still reaches the next service.
-fn provider(service: &'static str) -> SdkTracerProvider {
-    let builder =
-        SdkTracerProvider::builder().with_resource(Resource::builder().with_service_name(service).build());
-    let exporter = exporting().then(|| opentelemetry_otlp::SpanExporter::builder().with_tonic().build());
-    match exporter {
-        Some(Ok(exporter)) => builder.with_span_processor(
-            BatchSpanProcessor::builder(exporter).with_batch_config(batch_config()).build(),
-        ),
-        Some(Err(e)) => {
-            eprintln!("OTLP trace exporter disabled: {e}");
-            builder.with_sampler(Sampler::AlwaysOff)
+/// Targets whose logs are quiet by default (and whose spans are never traced).
+const QUIET: &str =
+    "h2=warn,hyper=warn,hyper_util=warn,tonic=warn,tower=warn,opentelemetry=warn,opentelemetry_sdk=warn";
+
+/// The layer that keeps spans, whatever `RUST_LOG` says of logs (so `RUST_LOG=warn` keeps traces
+/// whole): OpenTelemetry's on `provider` when there is an exporter, else [`PassThrough`].
+fn traces(
+    service: &'static str,
+    provider: Option<&SdkTracerProvider>,
+) -> Box<dyn Layer<Registry> + Send + Sync> {
+    // A static list of targets, so `Targets` (a prefix match) rather than an `EnvFilter`, whose
+    // per-span bookkeeping on every enter and exit was a few per cent of each process
+    // (`make profile`).
+    let spans: Targets = format!("info,{QUIET}").parse().expect("a valid list of targets");
+    match provider {
+        Some(provider) => {
+            Box::new(tracing_opentelemetry::layer().with_tracer(provider.tracer(service)).with_filter(spans))
         }
-        None => builder.with_sampler(Sampler::AlwaysOff),
+        None => Box::new(PassThrough.with_filter(spans)),
     }
-    .build()
+}
+
+/// The JSON log lines (when stderr is not a terminal): fields first, and the spans' fields, so a
+/// line inside a request carries its `trace_id`.
+fn json_logs<S, W>(writer: W, filter: EnvFilter) -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(true)
+        .with_writer(writer)
+        .with_filter(filter)
+}
+
+/// The OTLP exporter, when the environment asks for one and it can be built. Its gRPC channel
+/// runs on a runtime of its own, on a thread of its own: the batch processor exports from its own
+/// thread and waits for the channel's tasks, and a function's runtime has one thread
+/// (`#[tokio::main(flavor = "current_thread")]`), which is the one waiting in [`Guard`] for the
+/// last export at shutdown — on that runtime the flush would wait its full timeout and lose the
+/// spans.
+fn exporter() -> Option<opentelemetry_otlp::SpanExporter> {
+    if !exporting() {
+        return None;
+    }
+    let disabled = |e: &dyn std::fmt::Display| eprintln!("OTLP trace exporter disabled: {e}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .inspect_err(|e| disabled(e))
+        .ok()?;
+    let exporter = {
+        let _entered = runtime.enter();
+        opentelemetry_otlp::SpanExporter::builder().with_tonic().build().inspect_err(|e| disabled(e)).ok()?
+    };
+    std::thread::Builder::new()
+        .name("otlp-export".into())
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))
+        .inspect_err(|e| disabled(e))
+        .ok()?;
+    Some(exporter)
+}
+
+/// Stands where the OpenTelemetry layer would when nothing is exported: it keeps the spans (for
+/// the logs, and to carry the trace context) and marks the subscriber as one that passes contexts
+/// through ([`Carried`]); it does nothing per span itself.
+struct PassThrough;
+
+impl<S: Subscriber> Layer<S> for PassThrough {}
+
+/// The trace context a span carries under [`PassThrough`]: the caller's, unchanged, or a fresh
+/// unsampled root. Held by the span that [`continue_trace`] was given; spans inside find it
+/// through their parents.
+struct Carried(SpanContext);
+
+/// `f` on the registry's record of `span`, when the subscriber passes contexts through; `None`
+/// under the OpenTelemetry layer (or with no subscriber, or for a disabled span).
+fn passed_through<T>(span: &Span, f: impl FnOnce(SpanRef<'_, Registry>) -> T) -> Option<T> {
+    span.with_subscriber(|(id, dispatch)| {
+        dispatch.downcast_ref::<PassThrough>()?;
+        Some(f(dispatch.downcast_ref::<Registry>()?.span(id)?))
+    })
+    .flatten()
 }
 
 /// The batch span processor's queue, batch and delay: the `OTEL_BSP_*` variables when set, else
@@ -123,9 +198,17 @@ pub const EXPORT_BATCH_SPANS: usize = 4_096;
 /// Longest a span waits for a batch to fill.
 pub const EXPORT_DELAY: std::time::Duration = std::time::Duration::from_millis(1_000);
 
-/// Writes `span`'s context as `traceparent` (and `tracestate`) into a carrier.
+/// Writes `span`'s context as `traceparent` (and `tracestate`) into a carrier: its own span's
+/// under the OpenTelemetry layer, the context it carries under [`PassThrough`].
 pub fn inject(span: &Span, carrier: &mut dyn Injector) {
-    let context = span.context();
+    let carried = passed_through(span, |record| {
+        record.scope().find_map(|s| s.extensions().get::<Carried>().map(|c| c.0.clone()))
+    });
+    let context = match carried {
+        Some(Some(carried)) => Context::new().with_remote_span_context(carried),
+        Some(None) => Context::new(),
+        None => span.context(),
+    };
     opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, carrier));
 }
 
@@ -166,8 +249,21 @@ pub fn extract(carrier: &dyn Extractor) -> Context {
 }
 
 /// Makes `parent` the parent of `span` and records the resulting ids on it, so that every log
-/// line inside carries them.
+/// line inside carries them. Under [`PassThrough`], `span` carries `parent`'s context as it is
+/// (a fresh unsampled root when it has none) and records its trace id.
 pub fn continue_trace(span: &Span, parent: Context) {
+    let carried = passed_through(span, |record| {
+        let incoming = parent.span().span_context().clone();
+        let carried = if incoming.is_valid() { incoming } else { root() };
+        let trace_id = carried.trace_id();
+        record.extensions_mut().replace(Carried(carried));
+        trace_id
+    });
+    // Recorded once the record's extensions are released: the log layer writes into them.
+    if let Some(trace_id) = carried {
+        span.record("trace_id", trace_id.to_string());
+        return;
+    }
     let _ = span.set_parent(parent);
     let context = span.context();
     let span_context = context.span().span_context().clone();
@@ -212,6 +308,13 @@ pub async fn server_span(request: Request, next: Next) -> Response {
     response
 }
 
+/// A new trace, not sampled: what the SDK's tracer would start for a span without a parent when
+/// it samples nothing.
+fn root() -> SpanContext {
+    let ids = RandomIdGenerator::default();
+    SpanContext::new(ids.new_trace_id(), ids.new_span_id(), TraceFlags::default(), false, TraceState::NONE)
+}
+
 /// A client-chosen string as a span attribute: at most 256 bytes (on a character boundary).
 fn bounded(s: &str) -> &str {
     let mut end = s.len().min(256);
@@ -219,4 +322,161 @@ fn bounded(s: &str) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    //! The context each mode hands to the next hop, through the real middleware and the log
+    //! layer `init` installs (a subscriber per test, so the modes do not meet).
+
+    use super::*;
+    use axum::{Router, body::Body, routing::get};
+    use http_body_util::BodyExt;
+    use std::{
+        collections::HashMap,
+        sync::{Arc, Mutex},
+    };
+    use tower::ServiceExt;
+
+    const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const TRACESTATE: &str = "vendor=opaque,other=1";
+
+    /// Log lines, as the JSON layer writes them.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Lines {
+        fn json(&self) -> Vec<serde_json::Value> {
+            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        }
+    }
+
+    /// `init`'s subscriber: spans for traces (with an exporter: OpenTelemetry's on `provider`),
+    /// logs at `logs` into `lines`.
+    fn subscriber(
+        provider: Option<&SdkTracerProvider>,
+        logs: &str,
+        lines: &Lines,
+    ) -> impl Subscriber + Send + Sync + use<> {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let lines = lines.clone();
+        tracing_subscriber::registry()
+            .with(traces("test", provider))
+            .with(json_logs(move || lines.clone(), EnvFilter::new(logs)))
+    }
+
+    /// A function's router whose one handler logs a line and answers the headers a client span
+    /// inside the request would send on.
+    fn app() -> Router {
+        crate::server::app(Router::new().route(
+            "/call",
+            get(|| async {
+                tracing::warn!("Inside");
+                let span = tracing::info_span!("client", otel.kind = "client");
+                axum::Json(headers(&span))
+            }),
+        ))
+    }
+
+    async fn call(app: &Router, incoming: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut request = axum::http::Request::builder().uri("/call");
+        for (name, value) in incoming {
+            request = request.header(*name, *value);
+        }
+        let response = app.clone().oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), 200);
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap()
+    }
+
+    fn trace_id_of(traceparent: &str) -> &str {
+        traceparent.split('-').nth(1).unwrap()
+    }
+
+    #[tokio::test]
+    async fn without_an_exporter_the_incoming_context_goes_on_unchanged_and_logs_carry_its_trace_id() {
+        let lines = Lines::default();
+        let _default = tracing::subscriber::set_default(subscriber(None, "info", &lines));
+        let app = app();
+
+        let sent = call(&app, &[("traceparent", TRACEPARENT), ("tracestate", TRACESTATE)]).await;
+        assert_eq!(sent.get("traceparent").map(String::as_str), Some(TRACEPARENT));
+        assert_eq!(sent.get("tracestate").map(String::as_str), Some(TRACESTATE));
+        let logged = lines.json();
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert_eq!(logged[0]["message"], "Inside");
+        assert_eq!(logged[0]["spans"][0]["trace_id"], TRACE_ID, "{logged:?}");
+        assert!(logged[0]["spans"][0].get("span_id").is_none(), "no span of ours to name: {logged:?}");
+
+        // No caller's trace (or an invalid one): a fresh, unsampled root per request, in the
+        // logs and on the next hop.
+        let first = call(&app, &[]).await;
+        let invalid = "00-00000000000000000000000000000000-00f067aa0ba902b7-01";
+        let second = call(&app, &[("traceparent", invalid)]).await;
+        for sent in [&first, &second] {
+            let context = extract(sent).span().span_context().clone();
+            assert!(context.is_valid() && !context.is_sampled(), "{sent:?}");
+        }
+        assert_ne!(trace_id_of(&first["traceparent"]), trace_id_of(&second["traceparent"]));
+        let logged = lines.json();
+        assert_eq!(logged[1]["spans"][0]["trace_id"], trace_id_of(&first["traceparent"]), "{logged:?}");
+    }
+
+    #[tokio::test]
+    async fn logs_at_warn_leave_the_context_whole() {
+        let lines = Lines::default();
+        let _default = tracing::subscriber::set_default(subscriber(None, "warn", &lines));
+        let sent = call(&app(), &[("traceparent", TRACEPARENT)]).await;
+        assert_eq!(sent.get("traceparent").map(String::as_str), Some(TRACEPARENT));
+        assert_eq!(lines.json().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn with_an_exporter_each_hop_is_a_child_span_of_the_same_trace() {
+        let lines = Lines::default();
+        let provider = SdkTracerProvider::builder().build();
+        let _default = tracing::subscriber::set_default(subscriber(Some(&provider), "info", &lines));
+        let app = app();
+
+        let sent = call(&app, &[("traceparent", TRACEPARENT)]).await;
+        let traceparent = &sent["traceparent"];
+        assert_eq!(trace_id_of(traceparent), TRACE_ID);
+        assert_ne!(traceparent, TRACEPARENT, "the client span is the next hop's parent");
+        assert!(traceparent.ends_with("-01"), "{traceparent}");
+        let logged = lines.json();
+        assert_eq!(logged[0]["spans"][0]["trace_id"], TRACE_ID, "{logged:?}");
+        assert!(logged[0]["spans"][0]["span_id"].is_string(), "{logged:?}");
+
+        let fresh = call(&app, &[]).await;
+        assert!(extract(&fresh).span().span_context().is_valid(), "{fresh:?}");
+    }
+
+    #[test]
+    fn a_record_s_context_reaches_a_span_under_its_receive_span() {
+        // What the runner does with a Kafka record's headers.
+        let lines = Lines::default();
+        tracing::subscriber::with_default(subscriber(None, "info", &lines), || {
+            let record = [("ce_id", Some(&b"x"[..])), ("TraceParent", Some(TRACEPARENT.as_bytes()))];
+            let parent = from_record_headers(record.into_iter()).expect("a valid traceparent");
+            let receive = tracing::info_span!("receive", trace_id = Empty, span_id = Empty);
+            continue_trace(&receive, parent);
+            let send = tracing::info_span!(parent: &receive, "send");
+            assert_eq!(headers(&send).get("traceparent").map(String::as_str), Some(TRACEPARENT));
+            // A span outside any trace sends none.
+            assert!(!headers(&tracing::info_span!(parent: None, "alone")).contains_key("traceparent"));
+        });
+        // Nor does anything without a subscriber.
+        assert!(headers(&tracing::info_span!("unseen")).is_empty());
+    }
 }
