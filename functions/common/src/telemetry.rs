@@ -241,9 +241,14 @@ fn traceparent(context: &SpanContext) -> String {
     header
 }
 
-/// Writes `span`'s context into HTTP headers, which gRPC metadata are too.
+/// Writes `span`'s context into HTTP headers, which gRPC metadata are too. The `traceparent` is
+/// new on every request, so it is marked never to be indexed: HTTP/2's header compression would
+/// otherwise add each one to its table of 4 KiB, pushing out the headers that do repeat.
 pub fn inject_headers(span: &Span, headers: &mut axum::http::HeaderMap) {
     inject(span, &mut opentelemetry_http::HeaderInjector(headers));
+    if let Some(traceparent) = headers.get_mut(TRACEPARENT_HEADER) {
+        traceparent.set_sensitive(true);
+    }
 }
 
 /// `span`'s context as W3C headers (`traceparent`, and `tracestate` when there is one); empty
@@ -535,6 +540,11 @@ mod tests {
             continue_trace(&receive, parent);
             let send = tracing::info_span!(parent: &receive, "send");
             assert_eq!(headers(&send).get("traceparent").map(String::as_str), Some(TRACEPARENT));
+            // Into HTTP headers, never to be indexed by HTTP/2's header compression.
+            let mut http = axum::http::HeaderMap::new();
+            inject_headers(&send, &mut http);
+            assert_eq!(http["traceparent"], TRACEPARENT);
+            assert!(http["traceparent"].is_sensitive() && !http["tracestate"].is_sensitive());
             // A span outside any trace sends none.
             assert!(!headers(&tracing::info_span!(parent: None, "alone")).contains_key("traceparent"));
         });
