@@ -36,6 +36,8 @@ pub struct Archive {
     pending: mpsc::Sender<Pending>,
     database: String,
     collection: String,
+    /// `insert <collection>`, the `insert` span's name, built once.
+    insert_name: String,
     timeout: Duration,
 }
 
@@ -60,6 +62,7 @@ impl Archive {
             pending,
             database: config.database.clone(),
             collection: config.collection.clone(),
+            insert_name: format!("insert {}", config.collection),
             timeout,
         })
     }
@@ -67,7 +70,7 @@ impl Archive {
     pub async fn insert(&self, event: &Received) -> mongodb::error::Result<Applied> {
         let span = tracing::info_span!(
             "insert",
-            otel.name = %format!("insert {}", self.collection),
+            otel.name = %self.insert_name,
             otel.kind = "client",
             db.system.name = "mongodb",
             db.namespace = %self.database,

@@ -46,15 +46,28 @@ pub fn route_label(request: &Request) -> &str {
 }
 
 /// The server span's name: `{method} {route}` (OpenTelemetry: `HTTP` stands for an unknown
-/// method, and an unmatched request is named by its method alone).
-pub fn span_name(request: &Request) -> String {
+/// method, and an unmatched request is named by its method alone). Written only when a layer
+/// records it: without an exporter and with logs above `info`, nothing does.
+pub fn span_name(request: &Request) -> SpanName<'_> {
     let method = match method_label(request.method()) {
         OTHER_METHOD => "HTTP",
         known => known,
     };
-    match request.extensions().get::<MatchedPath>() {
-        Some(route) => format!("{method} {}", route.as_str()),
-        None => method.to_owned(),
+    SpanName { method, route: request.extensions().get::<MatchedPath>().map(MatchedPath::as_str) }
+}
+
+/// See [`span_name`].
+pub struct SpanName<'a> {
+    method: &'static str,
+    route: Option<&'a str>,
+}
+
+impl std::fmt::Display for SpanName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.route {
+            Some(route) => write!(f, "{} {route}", self.method),
+            None => f.write_str(self.method),
+        }
     }
 }
 
@@ -77,9 +90,20 @@ mod tests {
     fn an_unrouted_request_has_the_fixed_route_and_a_name_without_its_path() {
         let request = Request::builder().method("M7").uri("/x/12345?q=1").body(Body::empty()).unwrap();
         assert_eq!(route_label(&request), UNMATCHED_ROUTE);
-        assert_eq!(span_name(&request), "HTTP");
+        assert_eq!(span_name(&request).to_string(), "HTTP");
         let request = Request::builder().method("POST").uri("/anything").body(Body::empty()).unwrap();
-        assert_eq!(span_name(&request), "POST");
+        assert_eq!(span_name(&request).to_string(), "POST");
+    }
+
+    #[tokio::test]
+    async fn a_routed_request_is_named_by_its_route_template() {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let app = axum::Router::new()
+            .route("/x/{id}", axum::routing::post(|r: Request| async move { span_name(&r).to_string() }));
+        let request = Request::builder().method("POST").uri("/x/12345").body(Body::empty()).unwrap();
+        let body = app.oneshot(request).await.unwrap().into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"POST /x/{id}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! the functions (feature `testing`, dev-dependencies only): arbitrary bytes, arbitrary JSON, and
 //! bodies shaped like tweets — real country spellings perturbed the ways clients perturb them,
 //! optional and duplicate keys — so that the accepting paths are exercised as well as the
-//! rejecting ones.
+//! rejecting ones; and [`subscriber_without_exporter`], `init`'s tracing without an exporter.
 
 use crate::country::{self, Country};
 use proptest::prelude::*;
@@ -130,4 +130,14 @@ pub fn tweet_body() -> impl Strategy<Value = (String, Vec<(String, Value)>)> {
             );
             (body, pairs)
         })
+}
+
+/// The subscriber `telemetry::init` installs when nothing is exported, without its logs: spans
+/// that carry the incoming trace context on unchanged. Set it as the default of a test's thread.
+pub fn subscriber_without_exporter() -> impl tracing::Subscriber + Send + Sync {
+    use tracing_subscriber::layer::SubscriberExt;
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    tracing_subscriber::registry().with(crate::telemetry::traces("test", None))
 }

@@ -160,6 +160,8 @@ pub struct Counts {
     connection: OnceCell<ConnectionManager>,
     script: Script,
     keys: Keyspace,
+    /// The keys every event counts into, named once (they were five `format!`s per event).
+    counters: Counters,
     topic: String,
     partitions: i32,
     ttl_s: u64,
@@ -168,11 +170,13 @@ pub struct Counts {
 
 impl Counts {
     pub fn new(config: &crate::Config) -> Result<Counts, redis::RedisError> {
+        let keys = Keyspace::new(&config.key_prefix);
         Ok(Counts {
             client: redis::Client::open(config.redis_url.as_str())?,
             connection: OnceCell::new(),
             script: Script::new(APPLY),
-            keys: Keyspace::new(&config.key_prefix),
+            counters: Counters::new(&keys),
+            keys,
             topic: config.topic.clone(),
             partitions: config.topic_partitions,
             ttl_s: config.dedup_ttl_s,
@@ -223,17 +227,18 @@ impl Counts {
             }
             None => invocation.key(self.keys.seen_id(&event.id)).arg("id").arg(0),
         };
+        let counters = &self.counters;
         invocation
-            .key(self.keys.total())
-            .key(self.keys.countries())
-            .key(self.keys.climas())
-            .key(self.keys.country_clima())
+            .key(counters.total.as_str())
+            .key(counters.countries.as_str())
+            .key(counters.climas.as_str())
+            .key(counters.country_clima.as_str())
             .arg(self.ttl_s)
             .arg(event.tweet.pais)
             .arg(event.tweet.clima.as_str())
             .arg(if event.idempotent && event.position.is_some() { "1" } else { "0" })
             .key(self.keys.seen_id(&event.id))
-            .key(self.keys.country_codes())
+            .key(counters.country_codes.as_str())
             .arg(event.tweet.pais_codigo);
         let span = tracing::info_span!(
             "EVALSHA",
@@ -249,6 +254,27 @@ impl Counts {
         .instrument(span)
         .await?;
         Ok(if fresh == 1 { Applied::New } else { Applied::Duplicate })
+    }
+}
+
+/// [`Keyspace`]'s keys that do not depend on the event.
+struct Counters {
+    total: String,
+    countries: String,
+    climas: String,
+    country_clima: String,
+    country_codes: String,
+}
+
+impl Counters {
+    fn new(keys: &Keyspace) -> Counters {
+        Counters {
+            total: keys.total(),
+            countries: keys.countries(),
+            climas: keys.climas(),
+            country_clima: keys.country_clima(),
+            country_codes: keys.country_codes(),
+        }
     }
 }
 

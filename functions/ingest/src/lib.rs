@@ -16,7 +16,7 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{DefaultBodyLimit, State, rejection::BytesRejection},
-    http::{HeaderMap, StatusCode, header::CONTENT_TYPE},
+    http::{HeaderMap, HeaderValue, StatusCode, header::CONTENT_TYPE},
     routing::post,
 };
 use common::tweet::Tweet;
@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use std::{future::Future, time::Duration};
 use tokio::net::TcpListener;
 use tonic::{
-    metadata::{MetadataKey, MetadataValue},
+    metadata::MetadataMap,
     transport::{Channel, Endpoint},
 };
 use tracing::Instrument;
@@ -33,9 +33,28 @@ use tracing::Instrument;
 /// What the handler needs: a client on the shared channel and the deadline for its answer.
 #[derive(Clone)]
 pub struct AppState {
-    pub producer: ProducerClient<Channel>,
-    pub timeout: Duration,
+    producer: ProducerClient<Channel>,
+    /// The deadline as its `grpc-timeout` header, written once by tonic's own
+    /// `Request::set_timeout` (it formatted the same value for every call).
+    grpc_timeout: HeaderValue,
 }
+
+impl AppState {
+    pub fn new(producer: ProducerClient<Channel>, timeout: Duration) -> AppState {
+        let mut probe = tonic::Request::new(());
+        probe.set_timeout(timeout);
+        let grpc_timeout = probe
+            .into_parts()
+            .0
+            .into_headers()
+            .remove(GRPC_TIMEOUT)
+            .expect("set_timeout writes grpc-timeout");
+        AppState { producer, grpc_timeout }
+    }
+}
+
+/// The header tonic's `Request::set_timeout` writes.
+const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// The paths of the one endpoint, `POST` only.
 pub const INPUT_PATHS: [&str; 3] = ["/input", "/input/", "/"];
@@ -64,10 +83,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = AppState {
-        producer: ProducerClient::new(producer_channel(&config.producer_url)?),
-        timeout: config.producer_timeout(),
-    };
+    let state = AppState::new(
+        ProducerClient::new(producer_channel(&config.producer_url)?),
+        config.producer_timeout(),
+    );
     common::server::serve(listener, router(state, config.max_body_bytes), shutdown).await?;
     Ok(())
 }
@@ -92,15 +111,11 @@ async fn input(
         rpc.service = "weather.v1.Producer",
         rpc.method = "Publish",
     );
+    let mut metadata = HeaderMap::with_capacity(4);
+    metadata.insert(GRPC_TIMEOUT, state.grpc_timeout.clone());
+    common::telemetry::inject_headers(&span, &mut metadata);
     let mut request = tonic::Request::new(PublishRequest { tweet: Some(to_proto(tweet)), idempotency_key });
-    request.set_timeout(state.timeout);
-    for (key, value) in common::telemetry::headers(&span) {
-        if let (Ok(key), Ok(value)) =
-            (MetadataKey::from_bytes(key.as_bytes()), MetadataValue::try_from(value))
-        {
-            request.metadata_mut().insert(key, value);
-        }
-    }
+    *request.metadata_mut() = MetadataMap::from_headers(metadata);
     match state.producer.clone().publish(request).instrument(span).await {
         Ok(reply) => {
             let reply = reply.into_inner();
@@ -191,7 +206,7 @@ mod tests {
         let url = format!("http://{}", closed.local_addr().unwrap());
         drop(closed);
         let producer = ProducerClient::new(producer_channel(&url).unwrap());
-        let app = router(AppState { producer, timeout: Duration::from_secs(5) }, 16 * 1024);
+        let app = router(AppState::new(producer, Duration::from_secs(5)), 16 * 1024);
 
         // One request of each kind first, so every series the flood can reach exists.
         let kinds = |i: usize| {

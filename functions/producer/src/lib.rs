@@ -29,6 +29,8 @@ use tracing::{Instrument, field::Empty};
 pub struct Publisher {
     producer: FutureProducer,
     topic: String,
+    /// `send <topic>`, the `send` span's name, built once.
+    send_name: String,
     source: String,
     /// How long `send` waits for room in a full local queue (backing off, never dropping).
     queue_timeout: Duration,
@@ -77,6 +79,7 @@ impl Publisher {
         Ok(Publisher {
             producer,
             topic: config.topic.clone(),
+            send_name: format!("send {}", config.topic),
             source: config.event_source.clone(),
             queue_timeout: Duration::from_millis(config.queue_timeout_ms),
         })
@@ -92,7 +95,7 @@ impl Publisher {
         let id = common::event::event_id(idempotency_key);
         let span = tracing::info_span!(
             "send",
-            otel.name = %format!("send {}", self.topic),
+            otel.name = %self.send_name,
             otel.kind = "producer",
             messaging.system = "kafka",
             messaging.operation.type = "send",
@@ -104,18 +107,19 @@ impl Publisher {
         );
         // The trace travels twice, as Knative reads it: the plain `traceparent` header (which
         // KafkaSource continues) and the CloudEvents attribute `ce_traceparent`.
-        let trace = common::telemetry::headers(&span);
+        let mut trace = RecordTrace::default();
+        common::telemetry::inject(&span, &mut trace);
         let mut event = common::event::tweet_event(&id, &self.source, tweet);
         if !idempotency_key.is_empty() {
             event.set_extension(common::event::IDEMPOTENT_EXTENSION, true);
         }
-        if let Some(traceparent) = trace.get("traceparent") {
+        if let Some((_, traceparent)) = trace.0.iter().find(|(key, _)| key == "traceparent") {
             event.set_extension("traceparent", traceparent.clone());
         }
         let message = MessageRecord::from_event(event)?;
         let mut record = FutureRecord::to(&self.topic).key(tweet.pais.as_bytes()).message_record(&message);
         let mut headers = record.headers.take().unwrap_or_default();
-        for (key, value) in &trace {
+        for (key, value) in &trace.0 {
             headers = headers.insert(Header { key, value: Some(value) });
         }
         let record = record.headers(headers);
@@ -142,6 +146,16 @@ impl Publisher {
     }
 }
 
+/// The W3C headers of the `send` span's context, in the order the propagator writes them.
+#[derive(Default)]
+struct RecordTrace(Vec<(String, String)>);
+
+impl opentelemetry::propagation::Injector for RecordTrace {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.push((key.to_owned(), value));
+    }
+}
+
 #[tonic::async_trait]
 impl Producer for Publisher {
     async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {
@@ -156,13 +170,8 @@ impl Producer for Publisher {
         let tweet = request.tweet.ok_or_else(|| Status::invalid_argument("tweet is required"))?;
         // Callers other than ingest are possible, so the contract is checked again here; an
         // empty `clima` means "not given" (proto3 has no absent strings).
-        let clima = (!tweet.clima.is_empty()).then_some(tweet.clima);
-        let tweet = Tweet::from_map(
-            serde_json::json!({ "texto": tweet.texto, "pais": tweet.pais, "clima": clima })
-                .as_object()
-                .expect("a JSON object"),
-        )
-        .map_err(PublishError::from)?;
+        let clima = (!tweet.clima.is_empty()).then_some(tweet.clima.as_str());
+        let tweet = Tweet::new(&tweet.texto, &tweet.pais, clima).map_err(PublishError::from)?;
         Ok(Response::new(Publisher::publish(self, &tweet, &key).await?))
     }
 }

@@ -1,8 +1,10 @@
 //! `ingest` integration tests: `POST /input` through `router` with `oneshot`, publishing through
 //! a real `producer` on a loopback port into a fresh Kafka topic (`KAFKA_BROKERS`, default
-//! `127.0.0.1:9092`) where the test needs Kafka; property tests of the contract in `props`.
+//! `127.0.0.1:9092`) where the test needs Kafka; property tests of the contract in `props`; what
+//! the gRPC call carries besides the tweet in `metadata`.
 
 mod kafka;
+mod metadata;
 mod props;
 mod publish;
 mod validation;
@@ -25,7 +27,7 @@ const BODY_LIMIT: usize = 16 * 1024;
 /// The ingest router, publishing to the producer at `producer_url`.
 fn app(producer_url: &str, max_body_bytes: usize) -> Router {
     let channel = ingest::producer_channel(producer_url).expect("a valid producer URL");
-    let state = AppState { producer: ProducerClient::new(channel), timeout: Duration::from_secs(10) };
+    let state = AppState::new(ProducerClient::new(channel), Duration::from_secs(10));
     ingest::router(state, max_body_bytes)
 }
 

@@ -1,7 +1,7 @@
 //! 202 means the tweet is in Kafka; 503 (with `Retry-After`) when it could not be stored.
 
 use crate::kafka::{self, RunningProducer, Topic};
-use crate::{BODY_LIMIT, app, closed_port_url, post_json};
+use crate::{BODY_LIMIT, app, closed_port_url, post_json, send};
 use axum::http::{StatusCode, header::RETRY_AFTER};
 use cloudevents::{AttributesReader, binding::rdkafka::MessageExt};
 use common::{country, event::TWEET_TYPE};
@@ -41,6 +41,32 @@ async fn a_valid_tweet_is_202_and_already_in_kafka_as_a_binary_cloudevent() {
         data,
         json!({"texto": "Hoy llueve en Lima", "pais": "Perú", "pais_codigo": "PE", "clima": "lluvioso"})
     );
+
+    producer.stop().await;
+    topic.delete().await;
+}
+
+/// One thread, so that ingest and producer both trace into the test's subscriber: `init`'s
+/// without an exporter.
+#[tokio::test]
+async fn the_callers_trace_context_reaches_the_record_unchanged() {
+    let _default = tracing::subscriber::set_default(common::testing::subscriber_without_exporter());
+    let topic = Topic::create().await;
+    let producer = RunningProducer::start(&kafka::brokers(), &topic.name, 8_000).await;
+    let app = app(&producer.url, BODY_LIMIT);
+
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let request = axum::http::Request::post("/input")
+        .header("content-type", "application/json")
+        .header("traceparent", traceparent)
+        .body(r#"{"texto":"Hoy llueve en Lima","pais":"Perú"}"#.into())
+        .unwrap();
+    let reply = send(&app, request).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.json);
+    let records = topic.read(1).await;
+    // Both as KafkaSource continues it and as the CloudEvent attribute the archive keeps.
+    assert_eq!(kafka::header(&records[0], "traceparent"), Some(traceparent));
+    assert_eq!(kafka::header(&records[0], "ce_traceparent"), Some(traceparent));
 
     producer.stop().await;
     topic.delete().await;
