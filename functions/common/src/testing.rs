@@ -133,7 +133,9 @@ pub fn tweet_body() -> impl Strategy<Value = (String, Vec<(String, Value)>)> {
 }
 
 /// The subscriber `telemetry::init` installs when nothing is exported, without its logs: spans
-/// that carry the incoming trace context on unchanged. Set it as the default of a test's thread.
+/// that carry the incoming trace context on unchanged. Install it as a test binary's global
+/// default before its first request: tracing caches each callsite's interest, so a thread's own
+/// default can lose to a parallel test that met the same span first without one.
 pub fn subscriber_without_exporter() -> impl tracing::Subscriber + Send + Sync {
     use tracing_subscriber::layer::SubscriberExt;
     opentelemetry::global::set_text_map_propagator(

@@ -24,11 +24,24 @@ use tower::ServiceExt;
 /// The default `MAX_BODY_BYTES`.
 const BODY_LIMIT: usize = 16 * 1024;
 
-/// The ingest router, publishing to the producer at `producer_url`.
+/// The ingest router, publishing to the producer at `producer_url`, traced as `init` traces
+/// without an exporter.
 fn app(producer_url: &str, max_body_bytes: usize) -> Router {
+    traced();
     let channel = ingest::producer_channel(producer_url).expect("a valid producer URL");
     let state = AppState::new(ProducerClient::new(channel), Duration::from_secs(10));
     ingest::router(state, max_body_bytes)
+}
+
+/// `init`'s tracing without an exporter, as every test's global default: set before any test
+/// sends a request, so no span of ingest or producer is first met without it (tracing caches a
+/// callsite's interest, and a thread's own default loses to another thread that met it first).
+fn traced() {
+    static TRACED: std::sync::Once = std::sync::Once::new();
+    TRACED.call_once(|| {
+        tracing::subscriber::set_global_default(common::testing::subscriber_without_exporter())
+            .expect("no other global subscriber");
+    });
 }
 
 /// A loopback port nothing listens on: bound, then released.

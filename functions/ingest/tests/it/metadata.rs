@@ -30,7 +30,6 @@ impl Producer for Recorder {
 
 #[tokio::test]
 async fn producer_gets_the_deadline_and_the_callers_trace_context_unchanged() {
-    let _default = tracing::subscriber::set_default(common::testing::subscriber_without_exporter());
     let recorder = Recorder::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

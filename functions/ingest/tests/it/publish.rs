@@ -46,11 +46,9 @@ async fn a_valid_tweet_is_202_and_already_in_kafka_as_a_binary_cloudevent() {
     topic.delete().await;
 }
 
-/// One thread, so that ingest and producer both trace into the test's subscriber: `init`'s
-/// without an exporter.
-#[tokio::test]
+/// Through `init`'s tracing without an exporter (`crate::traced`).
+#[tokio::test(flavor = "multi_thread")]
 async fn the_callers_trace_context_reaches_the_record_unchanged() {
-    let _default = tracing::subscriber::set_default(common::testing::subscriber_without_exporter());
     let topic = Topic::create().await;
     let producer = RunningProducer::start(&kafka::brokers(), &topic.name, 8_000).await;
     let app = app(&producer.url, BODY_LIMIT);
