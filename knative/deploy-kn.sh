@@ -103,15 +103,25 @@ apply ingest --no-cluster-local --port http1:8080 \
   --request cpu=100m,memory=32Mi --limit cpu=1,memory=128Mi \
   --env PRODUCER_URL=http://producer.weather.svc.cluster.local \
   --env MAX_BODY_BYTES=16384 \
-  --env PRODUCER_TIMEOUT_MS=12000
+  --env PRODUCER_TIMEOUT_MS=12000 \
+  --env HEADER_READ_TIMEOUT_MS=10000 \
+  --env BODY_READ_TIMEOUT_MS=10000 \
+  --env MAX_CONNECTIONS=2048 \
+  --env-value-from REDIS_URL=secret:weather-credentials:REDIS_URL \
+  --env REDIS_KEY_PREFIX=weather: \
+  --env REDIS_TIMEOUT_MS=2000 \
+  --env IDEMPOTENCY_KEY_TTL_S=86400 \
+  --env IDEMPOTENCY_KEYS_PER_HOUR=10000
 
 apply counter --cluster-local --port http1:8080 \
   --scale-target 100 \
   --request cpu=100m,memory=32Mi --limit cpu=1,memory=128Mi \
   --env-value-from REDIS_URL=secret:weather-credentials:REDIS_URL \
   --env REDIS_KEY_PREFIX=weather: \
+  --env KAFKA_BROKERS=weather-kafka-bootstrap.kafka:9092 \
   --env KAFKA_TOPIC=messages \
-  --env KAFKA_TOPIC_PARTITIONS=3 \
+  --env KAFKA_DEAD_LETTER_TOPIC=messages-dlq \
+  --env KAFKA_TIMEOUT_MS=2000 \
   --env DEDUP_TTL_S=604800 \
   --env REDIS_TIMEOUT_MS=2000
 

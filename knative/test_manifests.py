@@ -26,7 +26,7 @@ IMAGE = "ghcr.io/weather-tweets/{}:0.1.0"
 # HOST's default 0.0.0.0 is right inside a pod, RUST_LOG (read by telemetry.rs, not clap)
 # defaults to info.
 LEFT_AT_DEFAULT = {"PORT", "HOST", "RUST_LOG"}
-SECRETS = {"counter": {"REDIS_URL"}, "archiver": {"MONGODB_URI"}}
+SECRETS = {"ingest": {"REDIS_URL"}, "counter": {"REDIS_URL"}, "archiver": {"MONGODB_URI"}}
 
 
 def docs(path):
@@ -66,9 +66,12 @@ def help_text(name):
 
 
 def env_read(name):
-    """Variable → default, from `<function> --help` (clap's `[env: NAME=] [default: …]`)."""
+    """Variable → default, from `<function> --help` (clap's `[env: NAME=] [default: …]`, or
+    `[env: NAME]` for a secret, whose value --help hides)."""
     text = " ".join(help_text(name).split())
-    found = {m.group(1): m.group(2) for m in re.finditer(r"\[env: (\w+)=[^\]]*\](?: \[default: ([^\]]*)\])?", text)}
+    found = {
+        m.group(1): m.group(2) for m in re.finditer(r"\[env: (\w+)(?:=[^\]]*)?\](?: \[default: ([^\]]*)\])?", text)
+    }
     assert found, f"no [env: …] in {name} --help"
     return found
 
@@ -165,12 +168,15 @@ def test_kafka_settings_agree_with_strimzi_and_the_sources():
     (kafka,) = [d for d in docs(ROOT / "strimzi" / "kafka.yaml") if d["kind"] == "Kafka"]
     topics = {d["metadata"]["name"]: d for d in docs(ROOT / "strimzi" / "topics.yaml")}
     bootstrap = f"{kafka['metadata']['name']}-kafka-bootstrap.{kafka['metadata']['namespace']}:9092"
-    assert service_env("producer")["KAFKA_BROKERS"]["value"] == bootstrap
+    # counter asks Kafka for the partitions and high watermarks of what it consumes.
+    for s in ("producer", "counter"):
+        assert service_env(s)["KAFKA_BROKERS"]["value"] == bootstrap, s
     service_topics = [service_env(s)["KAFKA_TOPIC"]["value"] for s in ("producer", "counter")]
     assert service_topics == ["messages", "messages"]
     assert topics["messages"]["spec"]["partitions"] >= 3
-    # counter refuses positions outside the topic, so it must know its partitions.
-    assert service_env("counter")["KAFKA_TOPIC_PARTITIONS"]["value"] == str(topics["messages"]["spec"]["partitions"])
+    # counter accepts positions of its topic and of that topic's dead-letter topic.
+    sinks = [d for d in docs(BASE / "dead-letters.yaml") if d["kind"] == "KafkaSink"]
+    assert [d["spec"]["topic"] for d in sinks] == [service_env("counter")["KAFKA_DEAD_LETTER_TOPIC"]["value"]]
     for path in BASE.glob("*.yaml"):
         for d in docs(path):
             if d["kind"] in ("KafkaSource", "KafkaSink"):

@@ -4,6 +4,8 @@
 every answer other than ``202`` with an ``id`` as a failure.  ``BurstShape``
 drives the load as bursts of users separated by idle gaps; pass
 ``--bursts 0`` to switch it off and use Locust's plain ``-u/-r/-t`` instead.
+``--ledger-file`` writes one line per request (``Ledger``) so the tools can
+audit the run tweet by tweet.
 See README.md for how to run it and for every parameter.
 """
 
@@ -14,6 +16,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from locust import FastHttpUser, LoadTestShape, constant_throughput, events, task
 
@@ -161,6 +164,42 @@ def rejection_reason(status_code: int, body: str | None, error: Exception | None
     return None
 
 
+def tweet_country(tweet: dict[str, str]) -> str:
+    """Return the country ``tweet`` names, under either spelling of its key."""
+    return tweet["pais"] if "pais" in tweet else tweet["país"]
+
+
+def answered_id(body: str | None) -> str | None:
+    """Return the tweet id an answer names (a 202's, or a 504's whose outcome is unknown), else ``None``."""
+    try:
+        answer = json.loads(body or "")
+    except ValueError:
+        return None
+    tweet_id = answer.get("id") if isinstance(answer, dict) else None
+    return tweet_id if isinstance(tweet_id, str) and tweet_id else None
+
+
+class Ledger:
+    """One JSON line per request, as the tools' audit reads it (``tools::audit::Ledger``).
+
+    Each line is ``{"id": …, "country": …, "status": …}``: the tweet's id when the answer
+    named one (``null`` otherwise), the country as sent, and the HTTP status (0 when no
+    answer came).  A request answered 2xx is stored, 503 or 4xx is not, anything else
+    (504, another 5xx, no answer) leaves the outcome unknown; the audit derives that from
+    the status.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def record(self, country: str, status_code: int, body: str | None) -> None:
+        line = {"id": answered_id(body), "country": country, "status": status_code}
+        self._stream.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        self._stream.close()
+
+
 @dataclass(frozen=True)
 class BurstPlan:
     """Bursts of ``users`` users, each ``burst_seconds`` long, ``gap_seconds`` apart.
@@ -247,6 +286,10 @@ def add_arguments(parser, **_kwargs) -> None:
         "--user-rps", type=float, default=0.0, env_var="LOCUST_USER_RPS",
         help="Requests per second per user (constant throughput); 0 means no wait.",
     )
+    group.add_argument(
+        "--ledger-file", default="", env_var="LOCUST_LEDGER_FILE",
+        help="Write one JSON line per request (id, country, status) to this file, for the tools' audit.",
+    )
 
 
 @events.init.add_listener
@@ -273,8 +316,25 @@ def configure_shape(environment, **_kwargs) -> None:
             logger.warning("The burst shape drives the load: -u/-r/-t are ignored (use --bursts 0 for them).")
 
 
+@events.init.add_listener
+def open_ledger(environment, **_kwargs) -> None:
+    """Open ``--ledger-file`` (line-buffered) as ``environment.weather_ledger``, or set it to ``None``."""
+    options = environment.parsed_options
+    path = getattr(options, "ledger_file", "") if options is not None else ""
+    environment.weather_ledger = Ledger(Path(path).open("w", encoding="utf-8", buffering=1)) if path else None
+
+
+@events.quitting.add_listener
+def close_ledger(environment, **_kwargs) -> None:
+    """Close the ledger, if any, once Locust stops."""
+    ledger = getattr(environment, "weather_ledger", None)
+    if ledger is not None:
+        ledger.close()
+        environment.weather_ledger = None
+
+
 class WeatherUser(FastHttpUser):
-    """Posts one generated tweet per task to ``POST /input``."""
+    """Posts one generated tweet per task to ``POST /input``, each answer kept in the ledger if any."""
 
     def __init__(self, environment) -> None:
         super().__init__(environment)
@@ -282,15 +342,19 @@ class WeatherUser(FastHttpUser):
         options = environment.parsed_options
         user_rps = options.user_rps if options is not None else 0.0
         self._paced_wait = constant_throughput(user_rps) if user_rps > 0 else None
+        self.ledger: Ledger | None = getattr(environment, "weather_ledger", None)
 
     def wait_time(self) -> float:
         return self._paced_wait(self) if self._paced_wait else 0.0
 
     @task
     def post_tweet(self) -> None:
-        with self.client.post("/input", json=make_tweet(self.rng), catch_response=True) as response:
+        tweet = make_tweet(self.rng)
+        with self.client.post("/input", json=tweet, catch_response=True) as response:
             reason = rejection_reason(response.status_code, response.text, getattr(response, "error", None))
             if reason is None:
                 response.success()
             else:
                 response.failure(reason)
+            if self.ledger is not None:
+                self.ledger.record(tweet_country(tweet), response.status_code, response.text)

@@ -1,8 +1,10 @@
-"""Unit tests for locustfile.py: the tweet generator, the answer check and the burst schedule.
+"""Unit tests for locustfile.py: the tweet generator, the answer check, the ledger and the burst schedule.
 
 Run with ``python -m pytest loadtest/test_locustfile.py``; no server is needed.
 """
 
+import io
+import json
 import random
 from types import SimpleNamespace
 
@@ -14,9 +16,14 @@ from locustfile import (
     PLACES,
     BurstPlan,
     BurstShape,
+    Ledger,
+    answered_id,
+    close_ledger,
     configure_shape,
     make_tweet,
+    open_ledger,
     rejection_reason,
+    tweet_country,
 )
 
 CLIMAS = {"soleado", "nublado", "lluvioso", "tormenta", "nevado", "niebla", "ventoso"}
@@ -91,6 +98,62 @@ def test_rejection_reason(status, body, expected):
 def test_rejection_reason_without_http_answer_names_the_error():
     reason = rejection_reason(0, None, ConnectionRefusedError("refused"))
     assert reason.startswith("no HTTP answer") and "refused" in reason
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ('{"id": "abc"}', "abc"),
+        ('{"outcome": "unknown", "id": "def"}', "def"),
+        ('{"error": "Kafka is unavailable"}', None),
+        ('{"id": ""}', None),
+        ('{"id": 7}', None),
+        ('["abc"]', None),
+        ("Service Unavailable", None),
+        (None, None),
+    ],
+)
+def test_answered_id(body, expected):
+    assert answered_id(body) == expected
+
+
+def test_tweet_country_reads_either_key():
+    assert tweet_country({"texto": "x", "pais": "Chile"}) == "Chile"
+    assert tweet_country({"texto": "x", "país": "Perú"}) == "Perú"
+
+
+def test_ledger_writes_one_json_line_per_request():
+    stream = io.StringIO()
+    ledger = Ledger(stream)
+    ledger.record("Perú", 202, '{"id": "abc"}')
+    ledger.record("Chile", 503, '{"error": "Kafka is unavailable"}')
+    ledger.record("Chile", 504, '{"outcome": "unknown", "id": "def"}')
+    ledger.record("México", 0, None)
+    assert stream.getvalue().count("\n") == 4
+    assert "Perú" in stream.getvalue(), "country names written as they are, not escaped"
+    assert [json.loads(line) for line in stream.getvalue().splitlines()] == [
+        {"id": "abc", "country": "Perú", "status": 202},
+        {"id": None, "country": "Chile", "status": 503},
+        {"id": "def", "country": "Chile", "status": 504},
+        {"id": None, "country": "México", "status": 0},
+    ]
+
+
+def test_ledger_file_is_opened_from_the_option_and_closed_on_quit(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    environment = SimpleNamespace(parsed_options=SimpleNamespace(ledger_file=str(path)))
+    open_ledger(environment)
+    environment.weather_ledger.record("Chile", 202, '{"id": "abc"}')
+    close_ledger(environment)
+    assert environment.weather_ledger is None
+    assert json.loads(path.read_text(encoding="utf-8")) == {"id": "abc", "country": "Chile", "status": 202}
+
+
+def test_no_ledger_without_the_option():
+    environment = SimpleNamespace(parsed_options=SimpleNamespace(ledger_file=""))
+    open_ledger(environment)
+    assert environment.weather_ledger is None
+    close_ledger(environment)
 
 
 @pytest.mark.parametrize(

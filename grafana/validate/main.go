@@ -24,6 +24,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/grafana/grafana-foundation-sdk/go/cog"
 	"github.com/grafana/grafana-foundation-sdk/go/cog/plugins"
@@ -459,13 +460,18 @@ func init() {
 
 func main() {
 	prometheus := flag.String("prometheus", "", "instead of the offline checks, run every PromQL expression against this Prometheus")
+	at := flag.Float64("at", 0, "with -prometheus: evaluate at this Unix time in seconds (default: now)")
 	flag.Parse()
 	dir := "../"
 	if flag.NArg() > 0 {
 		dir = flag.Arg(0)
 	}
 	if *prometheus != "" {
-		os.Exit(runQueries(dir, *prometheus))
+		when := time.Now()
+		if *at > 0 {
+			when = time.UnixMilli(int64(*at * 1000))
+		}
+		os.Exit(runQueries(dir, *prometheus, when))
 	}
 	problems, n, err := ValidateDir(dir)
 	if err != nil {

@@ -1,13 +1,19 @@
-//! Scaling events — a function process started, became ready, stopped, the autoscaler changed
-//! its mind, and requests that waited for a start — kept in memory (for tests) and appended as JSON lines to `--events`, one flushed
-//! line per event, so the energy report can read them after (or during) a run.
+//! The runner's events — where it listens, a function process started, became ready, exited,
+//! stopped, the autoscaler changed its mind, and requests that waited for a start — kept in
+//! memory (for tests) and appended as JSON lines to `--events`, one flushed line per event, so
+//! scripts, the fault suite and the energy report can read them during or after a run.
 
+use crate::Ports;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::{
+    collections::BTreeMap,
     fs::File,
     io::Write,
+    net::SocketAddr,
+    os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
+    process::ExitStatus,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -19,8 +25,10 @@ pub struct ScaleEvent {
     /// function's response headers went out, so the request arrived `latency_ms` earlier.
     pub t_ms: u64,
     pub event: EventKind,
+    /// The function the event is about; empty (and absent from the line) for `listening`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub function: String,
-    /// The function's process id (`start`, `ready`, `stop`).
+    /// The function's process id (`start`, `ready`, `exit`, `stop`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     /// `ready`: process exec → readiness probe answered.
@@ -39,16 +47,32 @@ pub struct ScaleEvent {
     /// `scale`: whether the autoscaler is in panic mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub panic: Option<bool>,
+    /// `exit`: the process's exit code, if it exited on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    /// `exit`: the signal that ended the process (15 after the runner's SIGTERM, 9 after a kill).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// `listening`: each function's public address (its activator's), by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<BTreeMap<String, SocketAddr>>,
+    /// `listening`: the address of the runner's own `GET /metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
+    /// Every public port and `/metrics` are bound (the first event, once per run).
+    Listening,
     /// The process was executed.
     Start,
     /// Its readiness probe answered.
     Ready,
-    /// It exited after SIGTERM.
+    /// The process exited (asked to or not), with its code or signal; `stop` follows.
+    Exit,
+    /// The process is gone: stopped, crashed, or failed to start; `replicas` counts the rest.
     Stop,
     /// A request that had to wait for a start (every request held while the process started).
     ColdStart,
@@ -85,6 +109,14 @@ impl Events {
         Ok(Events { inner: Arc::new(Mutex::new(Inner { file, ..Inner::default() })) })
     }
 
+    pub fn listening(&self, ports: &Ports) {
+        self.record(ScaleEvent {
+            addresses: Some(ports.functions.clone()),
+            metrics: Some(ports.metrics),
+            ..event(EventKind::Listening, "")
+        });
+    }
+
     pub fn start(&self, function: &str, pid: Option<u32>, replicas: u32) {
         self.record(ScaleEvent { pid, replicas: Some(replicas), ..event(EventKind::Start, function) });
     }
@@ -95,6 +127,16 @@ impl Events {
             ready_ms: Some(ms(took)),
             replicas: Some(replicas),
             ..event(EventKind::Ready, function)
+        });
+    }
+
+    /// `status` is `None` when the exit was seen but its status could not be read.
+    pub fn exit(&self, function: &str, pid: Option<u32>, status: Option<ExitStatus>) {
+        self.record(ScaleEvent {
+            pid,
+            code: status.and_then(|s| s.code()),
+            signal: status.and_then(|s| s.signal()),
+            ..event(EventKind::Exit, function)
         });
     }
 
@@ -150,6 +192,10 @@ fn event(event: EventKind, function: &str) -> ScaleEvent {
         replicas: None,
         desired: None,
         panic: None,
+        code: None,
+        signal: None,
+        addresses: None,
+        metrics: None,
     }
 }
 
@@ -174,6 +220,7 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 5);
+        assert!(lines.iter().all(|l| l.get("code").is_none() && l.get("addresses").is_none()));
         assert_eq!(lines[0]["event"], "start");
         assert_eq!(lines[0]["pid"], 42);
         assert!(lines[0].get("ready_ms").is_none());
@@ -193,5 +240,41 @@ mod tests {
         let parsed: Vec<ScaleEvent> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(parsed, events.all());
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn listening_and_exit_lines_are_what_scripts_read() {
+        let events = Events::new(None).unwrap();
+        let ports = Ports {
+            functions: [("ingest".to_owned(), "127.0.0.1:41000".parse().unwrap())].into(),
+            metrics: "127.0.0.1:41004".parse().unwrap(),
+        };
+        events.listening(&ports);
+        events.exit("counter", Some(7), Some(ExitStatus::from_raw(3 << 8)));
+        events.exit("counter", Some(8), Some(ExitStatus::from_raw(9)));
+        events.exit("counter", Some(9), None);
+        let lines: Vec<serde_json::Value> =
+            events.all().iter().map(|e| serde_json::to_value(e).unwrap()).collect();
+        let without_time = |mut line: serde_json::Value| {
+            assert!(line["t_ms"].as_u64().unwrap() > 1_600_000_000_000);
+            line.as_object_mut().unwrap().remove("t_ms");
+            line
+        };
+        let lines: Vec<serde_json::Value> = lines.into_iter().map(without_time).collect();
+        assert_eq!(
+            lines,
+            [
+                serde_json::json!({"event": "listening", "addresses": {"ingest": "127.0.0.1:41000"}, "metrics": "127.0.0.1:41004"}),
+                serde_json::json!({"event": "exit", "function": "counter", "pid": 7, "code": 3}),
+                serde_json::json!({"event": "exit", "function": "counter", "pid": 8, "signal": 9}),
+                serde_json::json!({"event": "exit", "function": "counter", "pid": 9}),
+            ]
+        );
+        let parsed: Vec<ScaleEvent> = events
+            .all()
+            .iter()
+            .map(|e| serde_json::from_str(&serde_json::to_string(e).unwrap()).unwrap())
+            .collect();
+        assert_eq!(parsed, events.all());
     }
 }

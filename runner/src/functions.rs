@@ -9,8 +9,9 @@ use anyhow::{Context, bail};
 use nix::{sys::signal, unistd::Pid};
 use std::{
     collections::BTreeMap,
+    io,
     net::TcpListener,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{ExitStatus, Stdio},
     time::{Duration, Instant},
 };
@@ -30,13 +31,29 @@ pub struct Function {
 }
 
 pub struct Functions {
-    /// In the manifests' order; the first listens on the base port, the others on the next ones.
+    /// In the manifests' order.
     functions: Vec<Function>,
     /// Names in dependency order: a function after every function it calls.
     start_order: Vec<String>,
     bin_dir: PathBuf,
     log_dir: PathBuf,
     http: reqwest::Client,
+}
+
+/// Why a replica did not get ready.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The process could not be executed.
+    #[error("starting {binary}: {error}")]
+    Exec { binary: String, error: io::Error },
+    /// Another program bound the replica's port between the runner's choice and the replica's
+    /// own bind: the replica exited, and the port is still taken.
+    #[error("{function}'s port {port} was taken by another program before it could listen")]
+    PortTaken { function: String, port: u16 },
+    #[error("{function} exited with {status} before it was ready; see {log}")]
+    Exited { function: String, status: ExitStatus, log: String },
+    #[error("{function} was not ready within {READY_TIMEOUT:?}; see {log}")]
+    NotReady { function: String, log: String },
 }
 
 /// One replica's process.
@@ -47,24 +64,58 @@ pub struct Process {
     started: Instant,
 }
 
+/// The ports the runner binds from `base_port`: each Service's, in the manifests' order
+/// (ingest on `base_port`), and the runner's `/metrics` on the one after the last. With
+/// `base_port` 0 every one is 0: the OS chooses each, and the runner reports what it bound
+/// ([`crate::Runner::ports`], the `listening` event).
+pub fn numbered_ports(stack: &Stack, base_port: u16) -> anyhow::Result<(Vec<(String, u16)>, u16)> {
+    let services = stack.services()?;
+    let port = |i: usize| -> anyhow::Result<u16> {
+        if base_port == 0 {
+            return Ok(0);
+        }
+        u16::try_from(i).ok().and_then(|i| base_port.checked_add(i)).with_context(|| {
+            format!("base port {base_port}: {} ports from it do not fit", services.len() + 1)
+        })
+    };
+    let functions = services.iter().enumerate().map(|(i, s)| Ok((s.name.clone(), port(i)?)));
+    Ok((functions.collect::<anyhow::Result<_>>()?, port(services.len())?))
+}
+
+/// Fails unless every Service of `stack` has its binary in `bin_dir`, before anything binds or
+/// starts.
+pub fn check_binaries(stack: &Stack, bin_dir: &Path) -> anyhow::Result<()> {
+    for service in stack.services()? {
+        let binary = bin_dir.join(&service.name);
+        if !binary.is_file() {
+            bail!(
+                "no binary {} (build it with `cargo build --release --workspace --bins`)",
+                binary.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 impl Functions {
-    /// The Services of `stack`'s manifests, on loopback ports from `base_port`.
+    /// The Services of `stack`'s manifests, whose public ports (the activator's, which callers
+    /// use) are `ports`, by name.
     pub fn new(
         stack: &Stack,
         bin_dir: PathBuf,
         log_dir: PathBuf,
-        base_port: u16,
+        ports: &BTreeMap<String, u16>,
     ) -> anyhow::Result<Functions> {
         let services = stack.services()?;
-        let ports: BTreeMap<String, u16> =
-            services.iter().zip(base_port..).map(|(s, port)| (s.name.clone(), port)).collect();
         let url_of = |name: &str| ports.get(name).map(|port| format!("http://127.0.0.1:{port}"));
         let start_order = start_order(&services)?;
         let functions = services
             .into_iter()
             .map(|service| {
+                let port =
+                    *ports.get(&service.name).with_context(|| format!("no port for {}", service.name))?;
                 let env = stack.local_env(&service, url_of)?;
-                Ok(Function { port: ports[&service.name], service, env })
+                Ok(Function { port, service, env })
             })
             .collect::<anyhow::Result<_>>()?;
         Ok(Functions { functions, start_order, bin_dir, log_dir, http: reqwest::Client::new() })
@@ -103,30 +154,16 @@ impl Functions {
         self.log_dir.join(format!("{name}.log"))
     }
 
-    /// Fails unless every function's binary is there, before anything binds or starts.
-    pub fn check_binaries(&self) -> anyhow::Result<()> {
-        for function in &self.functions {
-            let binary = self.bin_dir.join(&function.service.name);
-            if !binary.is_file() {
-                bail!(
-                    "no binary {} (build it with `cargo build --release --workspace --bins`)",
-                    binary.display()
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// Executes one replica of `name` on a free loopback port; [`Functions::wait_ready`] waits
-    /// for it to serve.
-    pub fn exec(&self, name: &str) -> anyhow::Result<Process> {
-        let function = self.get(name)?;
-        let started = Instant::now();
-        std::fs::create_dir_all(&self.log_dir)
-            .with_context(|| format!("creating the log folder {}", self.log_dir.display()))?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_file(name))?;
-        let port = free_port()?;
+    /// Executes one replica of `function` on loopback `port` ([`free_port`]);
+    /// [`Functions::wait_ready`] waits for it to serve.
+    pub fn exec(&self, function: &Function, port: u16) -> Result<Process, StartError> {
+        let name = &function.service.name;
         let binary = self.bin_dir.join(name);
+        let exec_error = |error| StartError::Exec { binary: binary.display().to_string(), error };
+        let started = Instant::now();
+        std::fs::create_dir_all(&self.log_dir).map_err(exec_error)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_file(name));
+        let log = log.map_err(exec_error)?;
         // Calls between functions go to public ports, through the activator, so ingest's first
         // call cold-starts producer as on Knative.
         let child = Command::new(&binary)
@@ -134,25 +171,31 @@ impl Functions {
             .env("PORT", port.to_string())
             .env("HOST", "127.0.0.1")
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
+            .stdout(log.try_clone().map_err(exec_error)?)
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("starting {} (build it with `cargo build`)", binary.display()))?;
+            .map_err(exec_error)?;
         Ok(Process { pid: child.id(), child, port, started })
     }
 
-    /// Waits for the replica's readiness probe and returns exec → ready; a replica that exits or
-    /// does not get ready in time is killed and the error says where its log is.
-    pub async fn wait_ready(&self, name: &str, process: &mut Process) -> anyhow::Result<Duration> {
-        let function = self.get(name)?;
+    /// Waits for the replica's readiness probe and returns exec → ready. A replica that does not
+    /// get ready in time is killed; one that exits first is told apart by its port: still taken
+    /// (by another program, since the replica is gone) is [`StartError::PortTaken`].
+    pub async fn wait_ready(
+        &self,
+        function: &Function,
+        process: &mut Process,
+    ) -> Result<Duration, StartError> {
+        let name = &function.service.name;
         let url = format!("http://127.0.0.1:{}{}", process.port, function.service.readiness_path);
+        let log = || self.log_file(name).display().to_string();
         loop {
             if let Some(status) = process.exited() {
-                bail!(
-                    "{name} exited with {status} before it was ready; see {}",
-                    self.log_file(name).display()
-                );
+                if port_taken(process.port) {
+                    return Err(StartError::PortTaken { function: name.clone(), port: process.port });
+                }
+                return Err(StartError::Exited { function: name.clone(), status, log: log() });
             }
             if let Ok(r) = self.http.get(&url).timeout(Duration::from_secs(1)).send().await
                 && r.status().is_success()
@@ -161,7 +204,7 @@ impl Functions {
             }
             if process.started.elapsed() > READY_TIMEOUT {
                 process.kill();
-                bail!("{name} was not ready within {READY_TIMEOUT:?}; see {}", self.log_file(name).display());
+                return Err(StartError::NotReady { function: name.clone(), log: log() });
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -179,8 +222,15 @@ impl Process {
         let _ = self.child.start_kill();
     }
 
-    /// SIGTERM, then waits for the process to drain and exit (SIGKILL if it overruns).
-    pub async fn stop(mut self, name: &str) -> anyhow::Result<()> {
+    /// SIGKILL unless it has exited, then its exit status.
+    pub async fn reap(mut self) -> io::Result<ExitStatus> {
+        self.kill();
+        self.child.wait().await
+    }
+
+    /// SIGTERM, then waits for the process to drain and exit (SIGKILL if it overruns); its exit
+    /// status.
+    pub async fn stop(mut self, name: &str) -> io::Result<ExitStatus> {
         if let Some(pid) = self.pid {
             let _ = signal::kill(Pid::from_raw(pid as i32), signal::Signal::SIGTERM);
         }
@@ -190,13 +240,13 @@ impl Process {
                 if !status.success() {
                     tracing::warn!(function = name, %status, "Function exited with an error");
                 }
+                Ok(status)
             }
             Err(_) => {
                 tracing::warn!(function = name, "Function did not stop in time, killing it");
-                self.child.kill().await?;
+                self.reap().await
             }
         }
-        Ok(())
     }
 }
 
@@ -217,17 +267,53 @@ fn start_order(services: &[Service]) -> anyhow::Result<Vec<String>> {
     Ok(order)
 }
 
-/// A loopback port free now (the kernel's choice); the function binds it a moment later (and a
-/// process of another run that takes it first fails its readiness probe or its bind).
-fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).context("finding a free loopback port")?;
-    Ok(listener.local_addr()?.port())
+/// A loopback port free now (the kernel's choice) for a replica, which binds it a moment later:
+/// a program that takes it in between makes the replica exit ([`StartError::PortTaken`]).
+pub fn free_port() -> io::Result<u16> {
+    TcpListener::bind(("127.0.0.1", 0))?.local_addr().map(|a| a.port())
+}
+
+/// Whether another program listens on loopback `port`.
+fn port_taken(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_err_and(|e| e.kind() == io::ErrorKind::AddrInUse)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
+
+    fn stack() -> Stack {
+        Stack {
+            manifests: Path::new(env!("CARGO_MANIFEST_DIR")).join("../knative/base"),
+            kafka_brokers: "127.0.0.1:19092".into(),
+            redis_url: "redis://127.0.0.1:16379/0".into(),
+            mongodb_uri: "mongodb://127.0.0.1:37017".into(),
+            run_id: Some("r1".into()),
+        }
+    }
+
+    #[test]
+    fn ports_are_numbered_from_the_base_or_all_left_to_the_os() {
+        let named =
+            |ports: &[(String, u16)]| ports.iter().map(|(n, p)| format!("{n}:{p}")).collect::<Vec<_>>();
+        let (ports, metrics) = numbered_ports(&stack(), 8080).unwrap();
+        assert_eq!(named(&ports), ["ingest:8080", "producer:8081", "counter:8082", "archiver:8083"]);
+        assert_eq!(metrics, 8084);
+        let (ports, metrics) = numbered_ports(&stack(), 0).unwrap();
+        assert_eq!(named(&ports), ["ingest:0", "producer:0", "counter:0", "archiver:0"]);
+        assert_eq!(metrics, 0);
+        assert_eq!(numbered_ports(&stack(), 65_531).unwrap().1, 65_535);
+        assert!(numbered_ports(&stack(), 65_532).is_err(), "five ports from 65532 do not fit");
+    }
+
+    #[test]
+    fn a_port_another_program_listens_on_is_taken() {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(port_taken(port));
+        drop(listener);
+        assert!(!port_taken(port));
+    }
 
     #[test]
     fn functions_start_after_what_they_call() {
@@ -238,14 +324,11 @@ mod tests {
 
     #[test]
     fn the_local_environment_points_at_loopback_and_the_run() {
-        let stack = Stack {
-            manifests: Path::new(env!("CARGO_MANIFEST_DIR")).join("../knative/base"),
-            kafka_brokers: "127.0.0.1:19092".into(),
-            redis_url: "redis://127.0.0.1:16379/0".into(),
-            mongodb_uri: "mongodb://127.0.0.1:37017".into(),
-            run_id: Some("r1".into()),
-        };
-        let functions = Functions::new(&stack, "bin".into(), "log".into(), 9000).unwrap();
+        let stack = stack();
+        let (ports, metrics) = numbered_ports(&stack, 9000).unwrap();
+        assert_eq!(metrics, 9004);
+        let functions =
+            Functions::new(&stack, "bin".into(), "log".into(), &ports.into_iter().collect()).unwrap();
         let env = |name: &str| functions.get(name).unwrap().env.iter().cloned().collect::<BTreeMap<_, _>>();
         assert_eq!(functions.port("counter").unwrap(), 9002);
         assert_eq!(env("ingest")["PRODUCER_URL"], "http://127.0.0.1:9001");

@@ -4,8 +4,9 @@
 //! [`autoscaler`] decides and, for every KafkaSource there ([`manifests`]), delivers the topic's
 //! records to the sink as KafkaSource does ([`source`], [`record`]). It plays one of the
 //! `knative/overlays` ([`Mode`]): always-on keeps at least one replica of every function,
-//! scale-to-zero stops the last one when idle; scaling goes to [`events`]. [`Stack`] says
-//! where a run's data lives — the tools crate reads the same.
+//! scale-to-zero stops the last one when idle. What it does — where it listens, processes
+//! started and exited, scaling — goes to [`events`]. [`Stack`] says where a run's data lives —
+//! the tools crate reads the same.
 
 pub mod activator;
 pub mod autoscaler;
@@ -17,6 +18,7 @@ pub mod source;
 
 use activator::{Activator, Policy};
 use anyhow::{Context, bail};
+use common::secret::SecretUrl;
 use events::{Events, ScaleEvent};
 use functions::Functions;
 use manifests::{EnvValue, KafkaSource, Service};
@@ -29,7 +31,9 @@ use rdkafka::{
 };
 use source::Source;
 use std::{
+    collections::BTreeMap,
     fmt,
+    net::SocketAddr,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -73,11 +77,11 @@ pub struct Stack {
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub kafka_brokers: String,
     /// Redis URL: the value of the Secret key REDIS_URL the manifests refer to.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/0")]
-    pub redis_url: String,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/0", hide_env_values = true)]
+    pub redis_url: SecretUrl,
     /// MongoDB URI: the value of the Secret key MONGODB_URI the manifests refer to.
-    #[arg(long, env = "MONGODB_URI", default_value = "mongodb://127.0.0.1:27017")]
-    pub mongodb_uri: String,
+    #[arg(long, env = "MONGODB_URI", default_value = "mongodb://127.0.0.1:27017", hide_env_values = true)]
+    pub mongodb_uri: SecretUrl,
     /// Isolates a run: suffixes topics, consumer groups, the Redis key prefix and the MongoDB
     /// database with this id (tests use one per test).
     #[arg(long, env = "RUNNER_RUN_ID")]
@@ -111,8 +115,8 @@ impl Stack {
     /// options, any other from the environment variable of the same name.
     pub fn secret(&self, key: &str) -> anyhow::Result<String> {
         match key {
-            "REDIS_URL" => Ok(self.redis_url.clone()),
-            "MONGODB_URI" => Ok(self.mongodb_uri.clone()),
+            "REDIS_URL" => Ok(self.redis_url.expose_secret().to_owned()),
+            "MONGODB_URI" => Ok(self.mongodb_uri.expose_secret().to_owned()),
             _ => std::env::var(key)
                 .with_context(|| format!("the manifests use the Secret key {key}: set the variable {key}")),
         }
@@ -158,7 +162,7 @@ impl Stack {
     fn local_value(&self, name: &str, value: &str, url_of: &impl Fn(&str) -> Option<String>) -> String {
         match name {
             "KAFKA_BROKERS" => self.kafka_brokers.clone(),
-            "KAFKA_TOPIC" => self.topic(value),
+            "KAFKA_TOPIC" | "KAFKA_DEAD_LETTER_TOPIC" => self.topic(value),
             "REDIS_KEY_PREFIX" => self.redis_prefix(value),
             "MONGODB_DATABASE" => self.mongodb_database(value),
             _ => manifests::cluster_service(value)
@@ -194,7 +198,8 @@ pub struct Options {
     pub log_dir: PathBuf,
     /// Port of the first Service of the manifests (ingest); the others take the next ones, in
     /// the order knative/base/kustomization.yaml lists them, and the runner's `/metrics` the one
-    /// after the last Service (8084 by default: five ports in all).
+    /// after the last Service (8084 by default: five ports in all). 0: the OS chooses every
+    /// port, and the `listening` event (and `Runner::ports`) says which.
     #[arg(long, env = "RUNNER_BASE_PORT", default_value_t = 8080)]
     pub base_port: u16,
     /// Deliver every event this many times: at-least-once made visible, to check that the
@@ -227,8 +232,8 @@ pub struct Options {
     /// them).
     #[arg(long, env = "RUNNER_MAX_SCALE", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_scale: Option<u32>,
-    /// File for the scaling events (start, ready, stop, cold_start, scale) as JSON lines;
-    /// created or truncated at start.
+    /// File for the runner's events (listening, start, ready, exit, stop, cold_start, scale) as
+    /// JSON lines; created or truncated at start.
     #[arg(long, env = "RUNNER_EVENTS")]
     pub events: Option<PathBuf>,
     /// Overrides every KafkaSource's `delivery.backoffDelay`, in milliseconds: tests shrink the
@@ -246,6 +251,15 @@ impl Options {
     }
 }
 
+/// Where the runner listens, as bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ports {
+    /// Each function's public address (its activator's), by name.
+    pub functions: BTreeMap<String, SocketAddr>,
+    /// The runner's own `GET /metrics`.
+    pub metrics: SocketAddr,
+}
+
 /// The functions and the sources, running.
 pub struct Runner {
     pub functions: Arc<Functions>,
@@ -253,8 +267,9 @@ pub struct Runner {
     pub options: Options,
     /// How the functions scale (the overlay's annotations, the idle period in scale-to-zero).
     pub policy: Policy,
+    ports: Ports,
     activator: Option<Activator>,
-    /// `GET /metrics` of the runner itself, on the port after the functions'.
+    /// `GET /metrics` of the runner itself.
     metrics: tokio::task::JoinHandle<()>,
     events: Events,
     shutdown: watch::Sender<bool>,
@@ -266,8 +281,8 @@ pub struct Runner {
 pub fn policy(options: &Options) -> anyhow::Result<Policy> {
     let overlays = options.overlays.clone().unwrap_or_else(|| options.stack.manifests.join("../overlays"));
     let path = overlays.join(options.mode.to_string()).join("kustomization.yaml");
-    let overlay = manifests::overlay_annotations(&path)?;
-    let scaling = manifests::Scaling::from_annotations(&[&overlay])
+    let overlay = autoscaler::overlay_annotations(&path)?;
+    let scaling = autoscaler::Scaling::from_annotations(&[&overlay])
         .with_context(|| format!("in {}", path.display()))?;
     let idle = match (options.mode, scaling.min_scale) {
         (Mode::AlwaysOn, 0) => bail!("{} sets min-scale 0, which is not always-on", path.display()),
@@ -286,8 +301,8 @@ pub fn policy(options: &Options) -> anyhow::Result<Policy> {
 }
 
 impl Runner {
-    /// Creates the topics if needed, starts the activator (and, always-on, every function's
-    /// first replicas), then the sources.
+    /// Creates the topics if needed, binds every port (reported in the `listening` event),
+    /// starts the activator (and, always-on, every function's first replicas), then the sources.
     pub async fn start(options: Options) -> anyhow::Result<Runner> {
         let policy = policy(&options)?;
         let mut sources = options.stack.kafka_sources()?;
@@ -304,40 +319,51 @@ impl Runner {
         create_topics(&options.stack.kafka_brokers, &topics).await?;
 
         let events = Events::new(options.events.as_deref())?;
-        let functions = Arc::new(Functions::new(
-            &options.stack,
-            options.bin_dir()?,
-            options.log_dir.clone(),
-            options.base_port,
-        )?);
-        let activator = Activator::start(functions.clone(), events.clone(), policy.clone()).await?;
-        if let Err(e) = activator.scale_to_min().await {
-            activator.stop().await;
-            return Err(e);
-        }
+        let bin_dir = options.bin_dir()?;
+        functions::check_binaries(&options.stack, &bin_dir)?;
+        let (numbered, metrics_port) = functions::numbered_ports(&options.stack, options.base_port)?;
+        let listeners = activator::bind(numbered).await?;
+        let metrics_listener = common::server::bind("127.0.0.1", metrics_port).await?;
+        let ports = Ports {
+            functions: listeners
+                .iter()
+                .map(|(name, listener)| Ok((name.clone(), listener.local_addr()?)))
+                .collect::<std::io::Result<_>>()?,
+            metrics: metrics_listener.local_addr()?,
+        };
+        let public: BTreeMap<String, u16> =
+            ports.functions.iter().map(|(name, address)| (name.clone(), address.port())).collect();
+        let functions = Arc::new(Functions::new(&options.stack, bin_dir, options.log_dir.clone(), &public)?);
+        events.listening(&ports);
+        tracing::info!(addresses = ?ports.functions, metrics = %ports.metrics, "Listening");
 
         let (shutdown, stop) = watch::channel(false);
-        let metrics_port = options.base_port + functions.all().len() as u16;
-        let listener = common::server::bind("127.0.0.1", metrics_port).await?;
         let mut stopped = stop.clone();
         let metrics = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             };
-            if let Err(e) = common::server::serve(listener, common::metrics::routes(), shutdown).await {
+            if let Err(e) = common::server::serve(metrics_listener, common::metrics::routes(), shutdown).await
+            {
                 tracing::warn!(error = %e, "Serving the runner's metrics failed");
             }
         });
+        let activator = Activator::start(functions.clone(), listeners, events.clone(), policy.clone())?;
         let mut runner = Runner {
             functions,
             sources: Vec::new(),
             options,
             policy,
+            ports,
             activator: Some(activator),
             metrics,
             events,
             shutdown,
         };
+        if let Err(e) = runner.activator().scale_to_min().await {
+            runner.stop().await;
+            return Err(e);
+        }
         if !runner.options.no_sources
             && let Err(e) = runner.start_sources(sources, stop)
         {
@@ -387,7 +413,7 @@ impl Runner {
     }
 
     /// How `function` scales (its Service's annotations under the overlay's).
-    pub fn scaling(&self, function: &str) -> Option<manifests::Scaling> {
+    pub fn scaling(&self, function: &str) -> Option<autoscaler::Scaling> {
         self.activator().scaling(function)
     }
 
@@ -406,9 +432,20 @@ impl Runner {
         self.activator().kill(function)
     }
 
-    /// Every scaling event so far (also in `--events`).
+    /// Where the runner listens: each function's public address and `/metrics`, as bound (with
+    /// `--base-port 0`, ports the OS chose).
+    pub fn ports(&self) -> &Ports {
+        &self.ports
+    }
+
+    /// Every event so far (also in `--events`).
     pub fn events(&self) -> Vec<ScaleEvent> {
         self.events.all()
+    }
+
+    /// Deliveries the sources are sending to their sinks now (waiting for a replica included).
+    pub fn deliveries_in_flight(&self) -> u64 {
+        self.sources.iter().map(|s| s.progress().in_flight.load(std::sync::atomic::Ordering::Relaxed)).sum()
     }
 
     /// Records not yet delivered or dead-lettered, over all sources.

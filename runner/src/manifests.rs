@@ -2,8 +2,7 @@
 //! path), the KafkaSources and the KafkaSink that is their dead-letter sink from the same
 //! `knative/` manifests that go to the cluster, so the local runner and Kubernetes cannot drift.
 //! Defaults are Knative's own (eventing-kafka-broker `kafka_defaults.go`, `source.go`). The
-//! scaling annotations come from the same overlays (`knative/overlays/<mode>`) that
-//! `kubectl apply -k` takes.
+//! scaling annotations are read in [`crate::autoscaler::annotations`].
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -127,6 +126,52 @@ pub struct Service {
     pub container_concurrency: u32,
     /// `spec.template.metadata.annotations` (e.g. its own autoscaling target).
     pub annotations: Annotations,
+    /// The container's `resources.requests`: what the scheduler reserves for each replica.
+    pub requests: Requests,
+}
+
+/// A container's resource requests (absent ones are zero, as the scheduler counts them).
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct Requests {
+    /// CPU in millicores (`100m`, `0.5`, `1`).
+    pub cpu_millis: f64,
+    /// Memory in MiB (`48Mi`, `1Gi`, `128M`, bytes).
+    pub memory_mib: f64,
+}
+
+impl Requests {
+    /// From a `requests:` map of Kubernetes quantities.
+    fn from_quantities(quantities: &BTreeMap<String, serde_json::Value>) -> anyhow::Result<Requests> {
+        let get = |name: &str, parse: fn(&str) -> anyhow::Result<f64>| -> anyhow::Result<f64> {
+            let Some(q) = quantities.get(name) else { return Ok(0.0) };
+            // YAML may write a whole number unquoted (`cpu: 1`).
+            let text = q.as_str().map_or_else(|| q.to_string(), str::to_owned);
+            parse(&text).with_context(|| format!("requests.{name}: {text:?}"))
+        };
+        Ok(Requests { cpu_millis: get("cpu", cpu_millis)?, memory_mib: get("memory", memory_mib)? })
+    }
+}
+
+/// A CPU quantity in millicores: `250m`, `0.5`, `2`.
+pub fn cpu_millis(q: &str) -> anyhow::Result<f64> {
+    let (number, scale) = match q.strip_suffix('m') {
+        Some(n) => (n, 1.0),
+        None => (q, 1000.0),
+    };
+    let n: f64 = number.parse().context("not a CPU quantity")?;
+    anyhow::ensure!(n >= 0.0 && n.is_finite(), "must be a non-negative number");
+    Ok(n * scale)
+}
+
+/// A memory quantity in MiB: binary (`Ki`, `Mi`, `Gi`) and decimal (`k`, `M`, `G`) suffixes, or bytes.
+pub fn memory_mib(q: &str) -> anyhow::Result<f64> {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let units = [("Ki", 1024.0), ("Mi", MIB), ("Gi", 1024.0 * MIB), ("k", 1e3), ("M", 1e6), ("G", 1e9)];
+    let (number, bytes) =
+        units.iter().find_map(|(suffix, b)| q.strip_suffix(suffix).map(|n| (n, *b))).unwrap_or((q, 1.0));
+    let n: f64 = number.parse().context("not a memory quantity")?;
+    anyhow::ensure!(n >= 0.0 && n.is_finite(), "must be a non-negative number");
+    Ok(n * bytes / MIB)
 }
 
 /// Annotations as the manifests write them.
@@ -207,6 +252,14 @@ struct Container {
     #[serde(default)]
     env: Vec<ContainerEnv>,
     readiness_probe: Option<Probe>,
+    #[serde(default)]
+    resources: Resources,
+}
+
+#[derive(Deserialize, Default)]
+struct Resources {
+    #[serde(default)]
+    requests: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -305,6 +358,7 @@ fn service(r: &Resource) -> anyhow::Result<Service> {
             .unwrap_or_else(|| "/".into()),
         container_concurrency: spec.template.spec.container_concurrency,
         annotations: spec.template.metadata.annotations,
+        requests: Requests::from_quantities(&container.resources.requests)?,
     })
 }
 
@@ -426,162 +480,6 @@ fn read_file(path: &Path) -> anyhow::Result<Vec<(PathBuf, Resource)>> {
         .collect()
 }
 
-/// How an overlay scales the Knative Services, from its strategic-merge patch's annotations;
-/// what it does not set takes the default of Knative 1.23's `config-autoscaler`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Scaling {
-    /// `autoscaling.knative.dev/min-scale` (default 0).
-    pub min_scale: u32,
-    /// `autoscaling.knative.dev/max-scale` (default 0: no bound).
-    pub max_scale: u32,
-    /// `autoscaling.knative.dev/scale-to-zero-pod-retention-period`, if the overlay sets it.
-    pub retention: Option<Duration>,
-    /// `autoscaling.knative.dev/target`: requests in flight per replica (default 100).
-    pub target: f64,
-    /// `autoscaling.knative.dev/target-utilization-percentage` (default 70).
-    pub target_utilization: f64,
-    /// `autoscaling.knative.dev/window`, the stable window (default 60 s).
-    pub stable_window: Duration,
-    /// `autoscaling.knative.dev/panic-window-percentage`: the panic window as a share of the
-    /// stable window (default 10).
-    pub panic_window_percentage: f64,
-    /// `autoscaling.knative.dev/panic-threshold-percentage` (default 200).
-    pub panic_threshold_percentage: f64,
-}
-
-impl Default for Scaling {
-    fn default() -> Scaling {
-        Scaling {
-            min_scale: 0,
-            max_scale: 0,
-            retention: None,
-            target: 100.0,
-            target_utilization: 70.0,
-            stable_window: Duration::from_secs(60),
-            panic_window_percentage: 10.0,
-            panic_threshold_percentage: 200.0,
-        }
-    }
-}
-
-const PREFIX: &str = "autoscaling.knative.dev/";
-
-/// The annotations that `kustomization` patches into every Knative Service's template (later
-/// patches win, as kustomize applies them in order).
-pub fn overlay_annotations(kustomization: &Path) -> anyhow::Result<Annotations> {
-    let text = std::fs::read_to_string(kustomization)
-        .with_context(|| format!("reading {}", kustomization.display()))?;
-    let doc: serde_json::Value =
-        serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", kustomization.display()))?;
-    let mut annotations = Annotations::new();
-    for patch in doc.get("patches").and_then(|p| p.as_array()).into_iter().flatten() {
-        let Some(text) = patch.get("patch").and_then(|p| p.as_str()) else { continue };
-        let patch: serde_json::Value = serde_saphyr::from_str(text)
-            .with_context(|| format!("parsing a patch in {}", kustomization.display()))?;
-        let kind = patch.get("kind").or_else(|| patch.pointer("/target/kind")).and_then(|k| k.as_str());
-        if kind != Some("Service") {
-            continue;
-        }
-        if let Some(found) = patch.pointer("/spec/template/metadata/annotations").and_then(|a| a.as_object())
-        {
-            annotations.extend(found.clone());
-        }
-    }
-    Ok(annotations)
-}
-
-impl Scaling {
-    /// Knative's defaults, then each set of annotations in turn (a later one wins). Values out
-    /// of the ranges Knative's webhook admits are errors, and so is a metric other than
-    /// concurrency (the runner measures only that).
-    pub fn from_annotations(layers: &[&Annotations]) -> anyhow::Result<Scaling> {
-        let mut scaling = Scaling::default();
-        for (key, value) in layers.iter().flat_map(|a| a.iter()) {
-            let Some(name) = key.strip_prefix(PREFIX) else { continue };
-            let serde_json::Value::String(value) = value else { bail!("{key} is {value}, not a string") };
-            scaling.set(name, value).with_context(|| format!("{key}: {value:?}"))?;
-        }
-        if scaling.max_scale != 0 && scaling.max_scale < scaling.min_scale {
-            bail!("max-scale {} is below min-scale {}", scaling.max_scale, scaling.min_scale);
-        }
-        Ok(scaling)
-    }
-
-    fn set(&mut self, name: &str, value: &str) -> anyhow::Result<()> {
-        let number = |low: f64, high: f64| -> anyhow::Result<f64> {
-            let n: f64 = value.parse().context("not a number")?;
-            anyhow::ensure!((low..=high).contains(&n), "must be within {low}..={high}");
-            Ok(n)
-        };
-        let count = || -> anyhow::Result<u32> {
-            let n: u32 = value.parse().context("not a count")?;
-            anyhow::ensure!(n <= i32::MAX as u32, "must fit an int32");
-            Ok(n)
-        };
-        match name {
-            "min-scale" => self.min_scale = count()?,
-            "max-scale" => self.max_scale = count()?,
-            "scale-to-zero-pod-retention-period" => {
-                let retention = go_duration(value)?;
-                anyhow::ensure!(retention <= Duration::from_secs(3600), "must be within 0s..1h");
-                self.retention = Some(retention);
-            }
-            "target" => self.target = number(0.01, f64::MAX)?,
-            "target-utilization-percentage" => self.target_utilization = number(1.0, 100.0)?,
-            "window" => {
-                let window = go_duration(value)?;
-                anyhow::ensure!(
-                    (Duration::from_secs(6)..=Duration::from_secs(3600)).contains(&window),
-                    "must be within 6s..1h"
-                );
-                anyhow::ensure!(window.subsec_nanos() == 0, "must be whole seconds");
-                self.stable_window = window;
-            }
-            "panic-window-percentage" => self.panic_window_percentage = number(1.0, 100.0)?,
-            "panic-threshold-percentage" => self.panic_threshold_percentage = number(110.0, 1000.0)?,
-            "metric" => anyhow::ensure!(value == "concurrency", "the runner scales on concurrency only"),
-            "class" => {
-                anyhow::ensure!(value == "kpa.autoscaling.knative.dev", "the runner plays Knative's KPA only")
-            }
-            // initial-scale, activation-scale, scale-down-delay, target-burst-capacity…: the
-            // runner does not play them (README, "The local runner").
-            _ => {}
-        }
-        Ok(())
-    }
-}
-
-/// A Go duration as Knative's annotations write it (`30s`, `1m30s`, `500ms`, `0s`).
-pub fn go_duration(s: &str) -> anyhow::Result<Duration> {
-    let mut total = 0.0_f64;
-    let mut rest = s.trim();
-    if rest == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if rest.is_empty() {
-        bail!("duration {s:?} is empty");
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
-        let value: f64 =
-            rest[..digits].parse().with_context(|| format!("duration {s:?} has a bad number"))?;
-        rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
-            "ns" => 1e-9,
-            other => bail!("duration {s:?} has an unknown unit {other:?}"),
-        };
-        total += value * unit;
-        rest = &rest[unit_len..];
-    }
-    Ok(Duration::from_secs_f64(total))
-}
-
 /// The time part of an ISO-8601 duration (`PT0.2S`, `PT1M30S`, `PT2H`), as Knative's delivery
 /// fields use it.
 pub fn iso8601(s: &str) -> anyhow::Result<Duration> {
@@ -608,7 +506,6 @@ pub fn iso8601(s: &str) -> anyhow::Result<Duration> {
     }
     Ok(Duration::from_secs_f64(total))
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -621,6 +518,24 @@ mod tests {
         for bad in ["0.2S", "PT", "PT5", "PT1D", "PTxS"] {
             assert!(iso8601(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn kubernetes_quantities() {
+        assert_eq!(cpu_millis("250m").unwrap(), 250.0);
+        assert_eq!(cpu_millis("0.5").unwrap(), 500.0);
+        assert_eq!(cpu_millis("2").unwrap(), 2000.0);
+        assert_eq!(memory_mib("48Mi").unwrap(), 48.0);
+        assert_eq!(memory_mib("1Gi").unwrap(), 1024.0);
+        assert_eq!(memory_mib("1048576").unwrap(), 1.0);
+        assert!((memory_mib("128M").unwrap() - 122.07).abs() < 0.01);
+        for bad in ["", "m", "-1", "1x", "Mi"] {
+            assert!(cpu_millis(bad).is_err() && memory_mib(bad).is_err(), "{bad}");
+        }
+        assert!(cpu_millis("-100m").is_err());
+        assert!(memory_mib("tenMi").is_err());
+        let unquoted = BTreeMap::from([("cpu".to_owned(), serde_json::json!(1))]);
+        assert_eq!(Requests::from_quantities(&unquoted).unwrap().cpu_millis, 1000.0);
     }
 
     #[test]
@@ -663,6 +578,7 @@ mod tests {
         assert_eq!(ingest.calls(names.iter().copied()), ["producer"]);
         assert!(services[1..].iter().all(|s| s.calls(names.iter().copied()).is_empty()));
         assert!(services.iter().all(|s| s.readiness_path == "/health/readiness"));
+        assert_eq!(ingest.requests, Requests { cpu_millis: 100.0, memory_mib: 32.0 });
         let counter = &services[2];
         assert!(counter.env.contains(&EnvVar {
             name: "REDIS_URL".into(),
@@ -684,17 +600,8 @@ mod tests {
         let producer = ms("producer", "KAFKA_QUEUE_TIMEOUT_MS") + ms("producer", "KAFKA_MESSAGE_TIMEOUT_MS");
         assert!(
             ms("ingest", "PRODUCER_TIMEOUT_MS") > producer,
-            "a 503 from ingest must mean Kafka did not take it"
+            "ingest must wait out producer's own timeouts, so that its answer is producer's"
         );
-    }
-
-    #[test]
-    fn counter_knows_the_partitions_the_runner_creates() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../knative/base");
-        let counter = services(&dir).unwrap().into_iter().find(|s| s.name == "counter").unwrap();
-        let partitions =
-            counter.env.iter().find(|e| e.name == "KAFKA_TOPIC_PARTITIONS").map(|e| e.value.clone());
-        assert_eq!(partitions, Some(EnvValue::Value(crate::PARTITIONS.to_string())));
     }
 
     #[test]
@@ -725,83 +632,6 @@ mod tests {
         );
         assert_eq!(cluster_service("weather-kafka-bootstrap.kafka:9092"), None);
         assert_eq!(cluster_service("messages"), None);
-    }
-
-    #[test]
-    fn go_durations() {
-        assert_eq!(go_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(go_duration("1m30s").unwrap(), Duration::from_secs(90));
-        assert_eq!(go_duration("1500ms").unwrap(), Duration::from_millis(1500));
-        assert_eq!(go_duration("0").unwrap(), Duration::ZERO);
-        for bad in ["", "30", "s", "3d", "x1s"] {
-            assert!(go_duration(bad).is_err(), "{bad}");
-        }
-    }
-
-    /// The overlay's scaling, as it applies to a Service that sets no annotation of its own.
-    fn scaling(kustomization: &Path) -> anyhow::Result<Scaling> {
-        Scaling::from_annotations(&[&overlay_annotations(kustomization)?])
-    }
-
-    #[test]
-    fn reads_the_project_overlays() {
-        let overlays = Path::new(env!("CARGO_MANIFEST_DIR")).join("../knative/overlays");
-        let on = scaling(&overlays.join("always-on/kustomization.yaml")).unwrap();
-        let zero = scaling(&overlays.join("scale-to-zero/kustomization.yaml")).unwrap();
-        assert_eq!((on.min_scale, zero.min_scale), (1, 0));
-        assert_eq!((on.retention, zero.retention), (None, Some(Duration::from_secs(30))));
-        // Everything else is the same in both modes.
-        assert_eq!(Scaling { min_scale: 0, retention: None, ..on }, Scaling { retention: None, ..zero });
-        assert!(on.max_scale >= 2, "{on:?}");
-        // Each Service's own target, under the overlay's annotations.
-        let services = services(&overlays.join("../base")).unwrap();
-        let overlay = overlay_annotations(&overlays.join("always-on/kustomization.yaml")).unwrap();
-        let targets: Vec<(String, f64)> = services
-            .iter()
-            .map(|s| (s.name.clone(), Scaling::from_annotations(&[&s.annotations, &overlay]).unwrap().target))
-            .collect();
-        let expected = [("ingest", 10.0), ("producer", 10.0), ("counter", 100.0), ("archiver", 100.0)];
-        assert_eq!(targets, expected.map(|(n, t)| (n.to_owned(), t)));
-    }
-
-    #[test]
-    fn scaling_annotations_outside_knatives_ranges_are_errors() {
-        let dir = std::env::temp_dir().join(format!("overlay-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("kustomization.yaml");
-        let overlay = |annotations: &str| {
-            let patch = format!(
-                "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: x\nspec:\n  template:\n    metadata:\n      annotations:\n{annotations}"
-            );
-            let doc = serde_json::json!({"resources": ["../base"], "patches": [{"patch": patch}]});
-            std::fs::write(&path, serde_json::to_string(&doc).unwrap()).unwrap();
-            scaling(&path)
-        };
-        let ok = overlay(
-            "        autoscaling.knative.dev/target: \"7.5\"\n        autoscaling.knative.dev/window: 20s\n",
-        )
-        .unwrap();
-        assert_eq!((ok.target, ok.stable_window), (7.5, Duration::from_secs(20)));
-        assert_eq!(ok.panic_threshold_percentage, 200.0);
-        for bad in [
-            "autoscaling.knative.dev/min-scale: \"-1\"",
-            "autoscaling.knative.dev/scale-to-zero-pod-retention-period: thirty",
-            "autoscaling.knative.dev/window: 5s",
-            "autoscaling.knative.dev/window: 6500ms",
-            "autoscaling.knative.dev/scale-to-zero-pod-retention-period: 2h",
-            "autoscaling.knative.dev/max-scale: \"4294967295\"",
-            "autoscaling.knative.dev/target: \"0\"",
-            "autoscaling.knative.dev/panic-threshold-percentage: \"100\"",
-            "autoscaling.knative.dev/metric: rps",
-            "autoscaling.knative.dev/min-scale: \"3\"\n        autoscaling.knative.dev/max-scale: \"2\"",
-        ] {
-            let err = overlay(&format!("        {bad}\n")).unwrap_err();
-            assert!(
-                format!("{err:#}").contains("autoscaling") || format!("{err:#}").contains("scale"),
-                "{bad}: {err:#}"
-            );
-        }
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! What the integration tests share, so no crate keeps a copy (a dev-dependency only): the
 //! local stack's addresses ([`kafka_brokers`], [`redis_url`], [`mongodb_uri`]), fresh names
-//! ([`unique`]), ports ([`closed_port`], [`free_ports`]), CloudEvent requests for the sinks
-//! ([`event`]) and one cleanup policy ([`with_cleanup`]).
+//! ([`unique`]), ports ([`closed_port`], [`free_ports`]), the tweets a run posts ([`tweet`]),
+//! CloudEvent requests for the sinks ([`event`]), one cleanup policy ([`with_cleanup`]) and the
+//! check that `--help` keeps secrets ([`assert_help_hides`]). The tools' demo, bench and fault
+//! suite post the same [`tweet`]s, so they depend on it too.
 //!
 //! The cleanup policy: a test removes what it created (its keys, database, topic) whether it
 //! passes or fails, through [`with_cleanup`]; names are unique per test, so a test killed
@@ -56,6 +58,23 @@ pub fn free_ports(n: u16) -> u16 {
         }
     }
     panic!("no {n} consecutive free ports on 127.0.0.1 between {low} and {ephemeral}");
+}
+
+/// The countries [`tweet`] rotates through (canonical names: each is counted as written).
+pub const COUNTRIES: [&str; 8] =
+    ["Guatemala", "México", "El Salvador", "Honduras", "Perú", "Chile", "Colombia", "España"];
+/// The conditions [`tweet`] rotates through (every one but `desconocido`, which only the
+/// classifier gives); 7 and 8 are coprime, so 56 tweets cover every pair.
+pub const CLIMAS: [&str; 7] = ["tormenta", "nevado", "lluvioso", "niebla", "ventoso", "nublado", "soleado"];
+
+/// The `i`-th tweet of a run, as a client posts it to `POST /input`: countries and conditions
+/// in rotation, a text of a typical tweet's length.
+pub fn tweet(i: usize) -> serde_json::Value {
+    serde_json::json!({
+        "texto": format!("Reporte {i}: cielo cambiante con viento moderado durante la tarde"),
+        "pais": COUNTRIES[i % COUNTRIES.len()],
+        "clima": CLIMAS[i % CLIMAS.len()],
+    })
 }
 
 /// Runs `body`, then `cleanup` even when `body` panicked, so a failing assertion leaves nothing
@@ -132,5 +151,35 @@ pub mod event {
         let status = response.status();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+}
+
+/// A password with what naive redaction trips on: `@`, `:` and `/`, unencoded.
+pub const SECRET_PASSWORD: &str = "Sx7q@Kk2:Qz9/zTj";
+
+/// Runs `bin [subcommand] --help` with each of `vars` set to a URL holding [`SECRET_PASSWORD`],
+/// and asserts that the help lists every one of them (so the check looks at the right lines) and
+/// shows no part of the password.
+pub fn assert_help_hides(bin: &str, subcommand: Option<&str>, vars: &[&str]) {
+    let url = format!("scheme://weather:{SECRET_PASSWORD}@127.0.0.1:1/0");
+    let output = std::process::Command::new(bin)
+        .args(subcommand)
+        .arg("--help")
+        .envs(vars.iter().map(|var| (var, &url)))
+        .output()
+        .unwrap_or_else(|e| panic!("running {bin} --help: {e}"));
+    assert!(output.status.success(), "{bin} --help failed: {output:?}");
+    let help = String::from_utf8_lossy(&output.stdout);
+    for var in vars {
+        assert!(help.contains(&format!("[env: {var}")), "{bin} --help does not list {var}:\n{help}");
+    }
+    assert_no_password(&help);
+}
+
+/// Asserts that `shown` (a help text, a `Debug` output, a log) holds no part of
+/// [`SECRET_PASSWORD`], not even what lies between its `@`, `:` and `/`.
+pub fn assert_no_password(shown: &str) {
+    for part in SECRET_PASSWORD.split(['@', ':', '/']) {
+        assert!(!shown.contains(part), "{part:?} of the password is shown:\n{shown}");
     }
 }

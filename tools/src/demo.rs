@@ -1,12 +1,16 @@
 //! The README's first command: reset the local data, run the pipeline under a Locust burst with
-//! a live line a second, wait until every record is delivered, then audit the counts and print
-//! a summary (also written to `target/demo/summary.json`).
+//! a live line a second ([`Live`]) and the [`dashboard`](crate::dashboard) on loopback, wait
+//! until every record is delivered, then audit tweet by tweet what Locust's ledger says was
+//! accepted ([`Audit`]) and print a summary (also written to `target/demo/summary.json`) with a
+//! link to one tweet's trace.
 
 use crate::{
+    audit::Audit,
+    dashboard::{self, DashboardAddr},
+    live::Live,
     load::LoadArgs,
     pipeline::{Pipeline, PipelineArgs},
-    scrape::{Scrape, quantile},
-    state::{Audit, State, jaeger},
+    state::{State, jaeger},
 };
 use runner::{
     Stack,
@@ -30,6 +34,8 @@ pub struct DemoArgs {
     /// How long to wait for the sinks to catch up after the burst, in seconds.
     #[arg(long, default_value_t = 120)]
     pub drain_timeout_s: u64,
+    #[command(flatten)]
+    pub dashboard: DashboardAddr,
 }
 
 /// What `make demo` prints and writes.
@@ -58,21 +64,23 @@ impl Summary {
         self.audit.exact() && self.audit.accepted > 0
     }
 
-    pub fn print(&self, jaeger_url: &str) {
+    /// Prints the summary; `trace_url` + `/<id>` opens a trace.
+    pub fn print(&self, trace_url: &str) {
         let line = |k: &str, v: String| println!("  {k:<16} {v}");
         let a = &self.audit;
         println!("\nWeather Tweets demo summary");
         line("accepted", a.accepted.to_string());
         line("rejected", self.rejected.to_string());
+        line("unknown outcome", a.unknown.to_string());
         line("in Kafka", a.in_kafka.to_string());
         line("counted", a.counted.to_string());
         line("archived", a.archived.to_string());
         line("dead-lettered", a.dead_lettered.to_string());
-        line("lost", a.lost.to_string());
-        line("double-counted", a.double_counted.to_string());
-        line("not archived", a.not_archived.to_string());
-        line("archived twice", a.archived_extra.to_string());
-        line("hashes agree", a.hashes_agree.to_string());
+        line("missing", a.missing().to_string());
+        line("extra", a.extra().to_string());
+        for difference in a.differences() {
+            line("", difference);
+        }
         line("throughput", format!("{:.0} tweets/s during bursts", self.tweets_per_s));
         line("latency", format!("p50 {} ms, p99 {} ms (POST /input, Locust)", self.p50_ms, self.p99_ms));
         let top =
@@ -96,7 +104,7 @@ impl Summary {
         line("top countries", top(&self.top_countries));
         line("top conditions", top(&self.top_climas));
         if let Some(trace) = &self.trace_example {
-            line("a trace", format!("{jaeger_url}/api/traces/{trace}"));
+            line("a trace", format!("{trace_url}/{trace}"));
         }
         println!(
             "  {}",
@@ -108,18 +116,30 @@ impl Summary {
 /// Runs the demo; the error says what went wrong, the summary says whether the counts held.
 pub async fn run(stack: &Stack, args: DemoArgs) -> anyhow::Result<Summary> {
     let state = State::new(stack)?;
+    let dashboard = dashboard::start_for_demo(
+        &args.dashboard,
+        stack,
+        args.pipeline.base_port,
+        &args.jaeger_url,
+        &args.out.join("dashboard.log"),
+    )
+    .await;
+    let trace_url = match &dashboard {
+        Some(url) => format!("{url}/trace"),
+        None => format!("{}/api/traces", args.jaeger_url),
+    };
     println!("Resetting topics, counters and archive…");
     state.reset().await?;
     println!("Starting the functions and the KafkaSources (logs in {})…", args.pipeline.log_dir.display());
     std::fs::create_dir_all(&args.out)?;
-    let events = args.out.join("events.jsonl");
-    let events_arg = events.to_string_lossy().into_owned();
-    let pipeline = Pipeline::start(stack, &args.pipeline, &["--events", &events_arg]).await?;
+    let pipeline = Pipeline::start(stack, &args.pipeline, &[]).await?;
     println!("Locust: {} (its output: {})…", args.load.describe(), args.out.join("locust.log").display());
     let result = burst(&state, &pipeline, &args).await;
+    let events = pipeline.events();
     pipeline.stop().await;
-    let stats = result?;
-    let (max_replicas, cold_starts) = scaling(&events)?;
+    let (stats, ledger) = result?;
+    let (max_replicas, cold_starts) = scaling(&events?);
+    let audit = Audit::of(&state, &ledger).await?;
 
     let snapshot = state.snapshot().await?;
     let top = |map: &std::collections::BTreeMap<String, i64>| {
@@ -135,7 +155,7 @@ pub async fn run(stack: &Stack, args: DemoArgs) -> anyhow::Result<Summary> {
         .await?
         .and_then(|doc| doc.get_str("trace_id").ok().map(str::to_owned));
     let summary = Summary {
-        audit: Audit::new(stats.accepted(), &snapshot),
+        audit,
         rejected: stats.failures,
         tweets_per_s: stats.accepted() as f64
             / f64::from(args.load.bursts * args.load.burst_seconds).max(1.0),
@@ -148,7 +168,7 @@ pub async fn run(stack: &Stack, args: DemoArgs) -> anyhow::Result<Summary> {
         trace_example,
     };
     std::fs::write(args.out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
-    summary.print(&args.jaeger_url);
+    summary.print(&trace_url);
     if let Some(trace) = &summary.trace_example {
         let spans = jaeger::trace(&args.jaeger_url, trace, 12).await;
         if spans.is_empty() {
@@ -157,7 +177,7 @@ pub async fn run(stack: &Stack, args: DemoArgs) -> anyhow::Result<Summary> {
                 args.jaeger_url
             );
         } else {
-            println!("\nOne tweet's trace ({}/api/traces/{trace}):", args.jaeger_url);
+            println!("\nOne tweet's trace ({trace_url}/{trace}):");
             jaeger::print(&spans);
         }
     }
@@ -166,22 +186,20 @@ pub async fn run(stack: &Stack, args: DemoArgs) -> anyhow::Result<Summary> {
 }
 
 /// The most replicas each function had and the cold starts per function, from the runner's
-/// scaling events.
-fn scaling(events: &std::path::Path) -> anyhow::Result<(BTreeMap<String, u32>, BTreeMap<String, usize>)> {
-    let text = std::fs::read_to_string(events)?;
+/// events.
+fn scaling(events: &[ScaleEvent]) -> (BTreeMap<String, u32>, BTreeMap<String, usize>) {
     let (mut max, mut cold) = (BTreeMap::new(), BTreeMap::new());
-    for line in text.lines() {
-        let event: ScaleEvent = serde_json::from_str(line)?;
+    for event in events.iter().filter(|e| !e.function.is_empty()) {
         if let Some(n) = event.replicas {
             let most = max.entry(event.function.clone()).or_insert(0);
             *most = n.max(*most);
         }
-        let cold = cold.entry(event.function).or_insert(0);
+        let cold = cold.entry(event.function.clone()).or_insert(0);
         if event.event == EventKind::ColdStart {
             *cold += 1;
         }
     }
-    Ok((max, cold))
+    (max, cold)
 }
 
 /// The Locust burst with a live line every second, then the wait for the sinks.
@@ -189,66 +207,30 @@ async fn burst(
     state: &State,
     pipeline: &Pipeline,
     args: &DemoArgs,
-) -> anyhow::Result<crate::load::LocustStats> {
+) -> anyhow::Result<(crate::load::LocustStats, crate::audit::Ledger)> {
     let started = std::time::Instant::now();
-    let client = reqwest::Client::new();
-    let metrics_url = pipeline.metrics_url()?;
+    let mut live = Live::new(State::new(&pipeline.stack)?, pipeline.metrics_url()?)?;
+    // The first reading is the baseline of the first line's rate.
+    let _ = live.read().await;
     let mut locust = args.load.spawn(&pipeline.ingest_url(), &args.out)?;
-    let functions: Vec<String> = pipeline.stack.services()?.into_iter().map(|s| s.name).collect();
-    let mut last = (Scrape::default(), started);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tick.tick().await;
-    let replicas_header = format!("replicas ({})", functions.join(" "));
-    println!(
-        "  {:>5} {:<10} {:<11} {:<10} {:<10} {:<8} {:<w$} p99",
-        "time",
-        "sent",
-        "accepted/s",
-        "counted",
-        "archived",
-        "lag",
-        replicas_header,
-        w = replicas_header.len()
-    );
+    println!("{}", live.header());
     while locust.running() {
         tick.tick().await;
-        let (Ok(s), Ok(now)) = (state.snapshot().await, Scrape::get(&client, &metrics_url).await) else {
-            continue;
-        };
-        let ingest = [("service", "ingest")];
-        let accepted =
-            |m: &Scrape| m.sum("weather_runner_requests_total", &[("service", "ingest"), ("status", "202")]);
-        let replicas = now.by("weather_runner_replicas", "service", &[]);
-        let replicas: Vec<String> =
-            functions.iter().map(|f| replicas.get(f).map_or("0".into(), |n| n.to_string())).collect();
-        let (before, at) = &last;
-        let p99 = quantile(
-            0.99,
-            &before.buckets("weather_runner_request_duration_seconds", &ingest),
-            &now.buckets("weather_runner_request_duration_seconds", &ingest),
-        );
-        let rate = (accepted(&now) - accepted(before)) / at.elapsed().as_secs_f64().max(0.001);
-        println!(
-            "  {:>4}s {:<10} {:<11.0} {:<10} {:<10} {:<8} {:<w$} {}",
-            started.elapsed().as_secs(),
-            now.sum("weather_runner_requests_total", &ingest),
-            rate,
-            s.counted.total,
-            s.archived,
-            s.lag,
-            replicas.join(" "),
-            p99.map_or("–".into(), |p| format!("{:.0} ms", p * 1000.0)),
-            w = replicas_header.len(),
-        );
-        last = (now, std::time::Instant::now());
+        if let Ok(reading) = live.read().await
+            && let Some(line) = live.line(started.elapsed().as_secs(), &reading)
+        {
+            println!("{line}");
+        }
     }
-    let stats = locust.finish().await?;
+    let (stats, ledger) = locust.finish().await?;
     println!(
         "Locust done: {} accepted, {} failed; waiting for every record to be delivered…",
         stats.accepted(),
         stats.failures
     );
     state.wait_delivered(Duration::from_secs(args.drain_timeout_s)).await?;
-    Ok(stats)
+    Ok((stats, ledger))
 }

@@ -1,7 +1,9 @@
 //! Locust, driven the one way every tool drives it: headless, with the burst shape of
 //! `loadtest/locustfile.py`, its own output in `<out>/locust.log`, its final statistics in
-//! `<out>/locust.json` (and with `--csv`, its CSV files), which [`LocustStats`] reads.
+//! `<out>/locust.json` (and with `--csv`, its CSV files), which [`LocustStats`] reads, and one
+//! line per request in `<out>/ledger.jsonl` ([`Locust::ledger`]), which the audit reads.
 
+use crate::audit::Ledger;
 use anyhow::{Context, bail};
 use std::{collections::BTreeMap, path::PathBuf, process::Stdio};
 
@@ -62,6 +64,8 @@ impl LoadArgs {
             .args(["--headless", "--host", host])
             .arg("--json-file")
             .arg(out.join("locust"))
+            .arg("--ledger-file")
+            .arg(out.join("ledger.jsonl"))
             .args(["--burst-users", &self.users.to_string(), "--burst-spawn-rate", &self.users.to_string()])
             .args([
                 "--burst-seconds",
@@ -102,14 +106,14 @@ impl Locust {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Waits for Locust to end and reads its statistics.
-    pub async fn finish(mut self) -> anyhow::Result<LocustStats> {
+    /// Waits for Locust to end and reads its statistics and its ledger.
+    pub async fn finish(mut self) -> anyhow::Result<(LocustStats, Ledger)> {
         let status = self.child.wait().await?;
         // Locust exits 1 when any request failed; the statistics count those as failures.
         if !status.success() && status.code() != Some(1) {
             bail!("locust failed with {status}; see {}", self.out.join("locust.log").display());
         }
-        LocustStats::read(&self.out.join("locust.json"))
+        Ok((LocustStats::read(&self.out.join("locust.json"))?, Ledger::read(&self.out.join("ledger.jsonl"))?))
     }
 }
 

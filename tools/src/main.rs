@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use runner::Stack;
-use tools::{anchor, bench, demo, faults, load, profile, replay, state::State};
+use tools::{anchor, bench, dashboard, demo, faults, load, profile, project, replay, state::State};
 
 #[derive(Parser)]
 #[command(name = "tools", about = "Drives and measures the Weather Tweets pipeline on this machine")]
@@ -18,14 +18,20 @@ struct Cli {
 enum Command {
     /// Reset, run a Locust burst through the pipeline and print the audited summary.
     Demo(demo::DemoArgs),
+    /// Serve the live dashboard and the trace view on loopback (`make dashboard`).
+    Dashboard(dashboard::DashboardArgs),
     /// Measure the raw Kafka producer, ingest → Kafka and the whole pipeline (`make bench`).
     Bench(bench::BenchArgs),
     /// Profile the runner and the functions under load with callgrind: flame graphs and
     /// instructions per tweet (`make profile`).
     Profile(profile::ProfileArgs),
+    /// Project what scale-to-zero saves on a cluster of N tenants from the measured costs:
+    /// target/project/project.json (`make project`).
+    Project(Box<project::ProjectArgs>),
     /// Run the fault suite against the real local stack and print its table (`make faults`).
     Faults(faults::FaultArgs),
-    /// Deliver the dead letters again to the sinks they name, keeping their identity.
+    /// Deliver the dead letters again to the sinks they name, of those given, keeping their
+    /// identity; exits 1 unless every letter was applied.
     Replay(replay::ReplayArgs),
     /// Delete and re-create the run's topics, clear its counters and drop its archive.
     Reset,
@@ -59,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
+        Command::Dashboard(args) => dashboard::run(&cli.stack, args).await?,
         Command::Bench(args) => {
             bench::run(&cli.stack, args).await?;
         }
@@ -67,6 +74,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Profile(args) => {
             profile::run(&cli.stack, args).await?;
+        }
+        Command::Project(args) => {
+            let report = project::run(&args)?;
+            project::write(&args, &report)?;
         }
         Command::Faults(args) => {
             let rows = faults::run(&cli.stack, &args).await?;
@@ -84,6 +95,12 @@ async fn main() -> anyhow::Result<()> {
             };
             let replayed = replay::run(&cli.stack.kafka_brokers, &topic, &args).await?;
             println!("{}", serde_json::to_string(&replayed)?);
+            if !replayed.ok() {
+                eprintln!(
+                    "FAILED: letters not applied (forbidden, refused, failed or unreadable; see --out)"
+                );
+                std::process::exit(1);
+            }
         }
         Command::Reset => State::new(&cli.stack)?.reset().await?,
         Command::Counts => {
@@ -91,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&snapshot)?);
         }
         Command::Load { host, out, load } => {
-            let stats = load.spawn(&host, &out)?.finish().await?;
+            let (stats, _ledger) = load.spawn(&host, &out)?.finish().await?;
             println!("{}", serde_json::to_string(&stats)?);
         }
     }

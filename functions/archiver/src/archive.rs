@@ -7,6 +7,14 @@
 //! light. Each request still learns its own outcome (inserted, duplicate or error) and answers
 //! 2xx only after its document is written.
 //!
+//! Every write asks for `w: majority, j: true` (whatever the URI says): MongoDB acknowledges it
+//! only once a majority of the replica set has it in its on-disk journal, so a 2xx survives a
+//! crash and a failover; on a standalone server `majority` is the one server. FerretDB accepts
+//! the write concern and ignores it: each insert is a transaction of its backend (SQLite in WAL
+//! mode with SQLite's default `synchronous=FULL` on the local stack), durable when acknowledged.
+//! A write-concern error (not journaled in time, `wtimeout` = `MONGODB_TIMEOUT_MS`) is a 503:
+//! the retry meets the duplicate key once the write did land.
+//!
 //! Every `insertMany` is bounded by the operation timeout (`MONGODB_TIMEOUT_MS`): a server that
 //! stops answering (SIGSTOP, a hung disk) fails the group with an error, so each waiting
 //! request answers 503 in bounded time and KafkaSource retries it, instead of the one writer
@@ -14,13 +22,13 @@
 
 use common::{
     event::Received,
-    sink::{Applied, Store},
+    sink::{Applied, Failure, Store},
 };
 use mongodb::{
     Client, Collection,
     bson::{self, Document, doc},
     error::{Error, ErrorKind},
-    options::ClientOptions,
+    options::{Acknowledgment, ClientOptions, WriteConcern},
 };
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -49,11 +57,12 @@ struct Pending {
 impl Archive {
     /// Parses the URI; the client connects on first use, so archiver starts while MongoDB is down.
     pub async fn new(config: &crate::Config) -> mongodb::error::Result<Archive> {
-        let mut options = ClientOptions::parse(&config.mongodb_uri).await?;
+        Archive::with_options(client_options(config).await?, config)
+    }
+
+    /// An archive on a client of `options` (see [`client_options`]).
+    pub fn with_options(options: ClientOptions, config: &crate::Config) -> mongodb::error::Result<Archive> {
         let timeout = Duration::from_millis(config.timeout_ms);
-        options.server_selection_timeout = Some(timeout);
-        options.connect_timeout = Some(timeout);
-        options.app_name = Some("archiver".into());
         let client = Client::with_options(options)?;
         let tweets = client.database(&config.database).collection(&config.collection);
         let (pending, queue) = mpsc::channel(MAX_BATCH * 4);
@@ -91,12 +100,33 @@ impl Archive {
 }
 
 impl Store for Archive {
-    const DEPENDENCY: &'static str = "mongodb";
     type Error = Error;
 
     async fn apply(&self, event: &Received) -> Result<Applied, Error> {
         self.insert(event).await
     }
+
+    /// Every archiver error may pass (MongoDB down, slow, or not yet acknowledging the write).
+    fn failure(_: &Error) -> Failure {
+        Failure::Unavailable("mongodb")
+    }
+}
+
+/// The client's options: the URI's, with archiver's timeouts and write concern.
+pub async fn client_options(config: &crate::Config) -> mongodb::error::Result<ClientOptions> {
+    let mut options = ClientOptions::parse(config.mongodb_uri.expose_secret()).await?;
+    let timeout = Duration::from_millis(config.timeout_ms);
+    options.server_selection_timeout = Some(timeout);
+    options.connect_timeout = Some(timeout);
+    options.app_name = Some("archiver".into());
+    options.write_concern = Some(journaled(timeout));
+    Ok(options)
+}
+
+/// The write concern of every insert: acknowledged by a majority, in their journals, within
+/// `timeout`.
+pub fn journaled(timeout: Duration) -> WriteConcern {
+    WriteConcern::builder().w(Acknowledgment::Majority).journal(true).w_timeout(timeout).build()
 }
 
 /// Writes waiting documents in groups until every [`Archive`] is dropped.

@@ -1,5 +1,7 @@
 //! Settings, from the environment only (`archiver --help` lists them).
 
+use common::secret::SecretUrl;
+
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "archiver", about = "Receives tweet CloudEvents and archives each once in MongoDB")]
 pub struct Config {
@@ -9,9 +11,10 @@ pub struct Config {
     /// Address to bind.
     #[arg(long, env = "HOST", default_value = "0.0.0.0")]
     pub host: String,
-    /// MongoDB connection string; put credentials in it from a secret.
-    #[arg(long, env = "MONGODB_URI", default_value = "mongodb://127.0.0.1:27017")]
-    pub mongodb_uri: String,
+    /// MongoDB connection string; put credentials in it from a secret. Logs and `--help` show
+    /// it without them.
+    #[arg(long, env = "MONGODB_URI", default_value = "mongodb://127.0.0.1:27017", hide_env_values = true)]
+    pub mongodb_uri: SecretUrl,
     /// Database of the archive.
     #[arg(long, env = "MONGODB_DATABASE", default_value = "weather")]
     pub database: String,

@@ -2,8 +2,9 @@
 """Writes countries.tsv, the closed list of countries that `pais` resolves against.
 
 Sources (both well kept, both offline once installed):
-- ISO 3166-1 itself, its 249 codes and ISO's English names: Debian's `iso-codes` package
-  (`/usr/share/iso-codes/json/iso_3166-1.json`), which follows ISO's Online Browsing Platform.
+- ISO 3166-1 itself, its 249 codes (alpha-2, alpha-3, numeric) and ISO's English names: Debian's
+  `iso-codes` package (`/usr/share/iso-codes/json/iso_3166-1.json`), which follows ISO's Online
+  Browsing Platform.
 - The display names, from Unicode CLDR: the npm package `cldr-localenames-full`
   (`main/<locale>/territories.json`): `es` gives the canonical Spanish short name, `en` the
   English one; `es-419` (Latin American Spanish) and CLDR's `-alt-short` / `-alt-variant` forms
@@ -52,9 +53,10 @@ def main() -> None:
 
     rows = []
     for entry in sorted(iso, key=lambda e: e["alpha_2"]):
-        a2, a3 = entry["alpha_2"], entry["alpha_3"]
+        a2, a3, numeric = entry["alpha_2"], entry["alpha_3"], entry["numeric"]
         assert len(a2) == 2 and a2.isascii() and a2.isupper(), entry
         assert len(a3) == 3 and a3.isascii() and a3.isupper(), entry
+        assert len(numeric) == 3 and numeric.isascii() and numeric.isdigit(), entry
         if a2 not in es or a2 not in en:
             sys.exit(f"CLDR {cldr_version} has no Spanish or English name for {a2}")
         aliases = []
@@ -66,7 +68,7 @@ def main() -> None:
         for alias in aliases:
             if alias not in (es[a2], en[a2]) and alias not in unique:
                 unique.append(alias)
-        row = [a2, a3, es[a2], en[a2], "|".join(unique)]
+        row = [a2, a3, numeric, es[a2], en[a2], "|".join(unique)]
         assert not any(c in field for field in row for c in "\t\n"), row
         assert not any("|" in name for name in unique), row
         rows.append("\t".join(row))
@@ -79,8 +81,8 @@ def main() -> None:
         f"# Codes and ISO's English names: Debian iso-codes ({iso_path.name}); display names: Unicode\n"
         f"# CLDR {cldr_version} (npm cldr-localenames-full, locales es, es-419, en), plus a few\n"
         "# aliases listed in the generator. Regenerate: see functions/common/data/generate_countries.py.\n"
-        "# Columns: alpha-2, alpha-3, Spanish short name (CLDR es), English short name (CLDR en),\n"
-        "# other spellings separated by |.\n"
+        "# Columns: alpha-2, alpha-3, numeric, Spanish short name (CLDR es), English short name\n"
+        "# (CLDR en), other spellings separated by |.\n"
     )
     out.write("\n".join(rows) + "\n")
 

@@ -32,6 +32,8 @@ pub struct Country {
     pub alpha2: &'static str,
     /// ISO 3166-1 alpha-3, e.g. `PER`.
     pub alpha3: &'static str,
+    /// ISO 3166-1 numeric, three digits, e.g. `604` (how world maps name their shapes).
+    pub numeric: &'static str,
     /// The Spanish short name (CLDR `es`), e.g. `Perú`: what a tweet stores in `pais`.
     pub es: &'static str,
     /// The English short name (CLDR `en`), e.g. `Peru`.
@@ -59,7 +61,14 @@ pub fn all() -> &'static [Country] {
             .map(|line| {
                 let mut f = line.split('\t');
                 let mut next = || f.next().unwrap_or_else(|| panic!("countries.tsv: short line {line:?}"));
-                Country { alpha2: next(), alpha3: next(), es: next(), en: next(), aliases: next() }
+                Country {
+                    alpha2: next(),
+                    alpha3: next(),
+                    numeric: next(),
+                    es: next(),
+                    en: next(),
+                    aliases: next(),
+                }
             })
             .collect()
     })
@@ -148,13 +157,16 @@ mod tests {
         let is_code = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_uppercase());
         for c in countries {
             assert!(is_code(c.alpha2, 2) && is_code(c.alpha3, 3), "{c:?}");
+            assert!(c.numeric.len() == 3 && c.numeric.bytes().all(|b| b.is_ascii_digit()), "{c:?}");
             assert!(!c.es.is_empty() && !c.en.is_empty(), "{c:?}");
         }
         let alpha2: Vec<_> = countries.iter().map(|c| c.alpha2).collect();
         assert!(alpha2.windows(2).all(|w| w[0] < w[1]), "sorted by alpha-2, each once");
         let alpha3: BTreeSet<_> = countries.iter().map(|c| c.alpha3).collect();
         assert_eq!(alpha3.len(), 249);
-        assert_eq!(by_alpha2("PE").map(|c| c.alpha3), Some("PER"));
+        let numeric: BTreeSet<_> = countries.iter().map(|c| c.numeric).collect();
+        assert_eq!(numeric.len(), 249);
+        assert_eq!(by_alpha2("PE").map(|c| (c.alpha3, c.numeric)), Some(("PER", "604")));
         assert_eq!(by_alpha2("pe"), None);
         assert_eq!(by_alpha2("XX"), None);
     }

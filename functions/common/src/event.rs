@@ -1,5 +1,5 @@
 //! The CloudEvent that carries a tweet: built by `producer`, read back by the sinks, either as
-//! we wrote it or wrapped by a KafkaSource (`dev.knative.kafka.event`, see `runner::wrap`).
+//! we wrote it or wrapped by a KafkaSource (`dev.knative.kafka.event`, see `runner::record`).
 
 use crate::tweet::{Tweet, TweetError};
 use chrono::{DateTime, Utc};
@@ -13,20 +13,35 @@ pub const KAFKA_EVENT_TYPE: &str = "dev.knative.kafka.event";
 /// Extensions KafkaSource adds to every event it delivers.
 pub const PARTITION_EXTENSION: &str = "knativekafkapartition";
 pub const OFFSET_EXTENSION: &str = "knativekafkaoffset";
-/// Extension of a tweet event published with an `Idempotency-Key`: its id is the key's UUIDv5,
-/// so the sinks deduplicate it by id as well as by Kafka position.
+/// Extension of a tweet event published with an `Idempotency-Key`: its id stands for the client's
+/// request ([`tweet_id`]), so the sinks deduplicate it by id as well as by Kafka position.
 pub const IDEMPOTENT_EXTENSION: &str = "weatheridempotent";
 /// Longest `Idempotency-Key` accepted, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
-/// The namespace of the UUIDv5 an idempotency key becomes (a fixed, random UUID of ours).
+/// The namespace of the UUIDv5s derived from idempotency keys (a fixed, random UUID of ours).
 pub const IDEMPOTENCY_NAMESPACE: uuid::Uuid = uuid::uuid!("6f1d2a8e-4c0b-4d5e-9a3f-1b7c8d9e0f12");
 
-/// The event id of a tweet: the UUIDv5 of its idempotency key, else a fresh UUIDv7.
-pub fn event_id(idempotency_key: &str) -> String {
-    if idempotency_key.is_empty() {
+/// The id ingest gives a tweet before publishing it: a fresh UUIDv7, or with an
+/// `Idempotency-Key` the UUIDv5 of the key and the normalised tweet. The same key and body are
+/// one id however often they are posted; the same key with another body is another id, so even
+/// once ingest has forgotten the key, a second tweet is never taken for the first.
+pub fn tweet_id(idempotency_key: Option<&str>, tweet: &Tweet) -> uuid::Uuid {
+    let Some(key) = idempotency_key else { return uuid::Uuid::now_v7() };
+    let mut name = Vec::with_capacity(key.len() + 512);
+    name.extend_from_slice(key.as_bytes());
+    // A key is visible ASCII (`MAX_IDEMPOTENCY_KEY_BYTES`), so it never holds the separator.
+    name.push(b'\n');
+    serde_json::to_writer(&mut name, tweet).expect("a tweet serialises");
+    uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, &name)
+}
+
+/// The UUIDv5 of a name alone (a fresh UUIDv7 for an empty one): the id of a record that the
+/// fault suite writes straight to Kafka, without ingest.
+pub fn event_id(name: &str) -> String {
+    if name.is_empty() {
         uuid::Uuid::now_v7().to_string()
     } else {
-        uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, idempotency_key.as_bytes()).to_string()
+        uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, name.as_bytes()).to_string()
     }
 }
 
@@ -144,6 +159,21 @@ mod tests {
 
     fn tweet() -> Tweet {
         Tweet::new("Hoy llueve", "Perú", Some("lluvioso")).unwrap()
+    }
+
+    #[test]
+    fn a_keyed_id_is_the_key_and_the_tweet_and_a_keyless_one_is_fresh() {
+        let other = Tweet::new("Hoy llueve mucho", "Perú", Some("lluvioso")).unwrap();
+        let id = tweet_id(Some("k-1"), &tweet());
+        assert_eq!(id.get_version_num(), 5);
+        assert_eq!(id, tweet_id(Some("k-1"), &Tweet::new(" Hoy llueve ", "peru", Some("lluvioso")).unwrap()));
+        assert_ne!(id, tweet_id(Some("k-1"), &other));
+        assert_ne!(id, tweet_id(Some("k-2"), &tweet()));
+        // Not the id of the key alone, which every body of one key shared.
+        assert_ne!(id.to_string(), event_id("k-1"));
+        let fresh = tweet_id(None, &tweet());
+        assert_eq!(fresh.get_version_num(), 7);
+        assert_ne!(fresh, tweet_id(None, &tweet()));
     }
 
     #[test]

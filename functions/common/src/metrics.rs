@@ -56,6 +56,12 @@ pub struct ServiceLabels {
     pub service: String,
 }
 
+/// The runner's per-KafkaSource series: `source` is a KafkaSource of the manifests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceStatus {
     pub service: String,
@@ -78,6 +84,7 @@ pub struct Metrics {
     pub desired_replicas: Family<ServiceLabels, Gauge>,
     pub activator_requests: Family<ServiceStatus, Counter>,
     pub activator_duration: Family<ServiceLabels, Histogram>,
+    pub deliveries_in_flight: Family<SourceLabels, Gauge>,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -106,6 +113,7 @@ impl Metrics {
             desired_replicas: Family::default(),
             activator_requests: Family::default(),
             activator_duration: Family::new_with_constructor(latency),
+            deliveries_in_flight: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -177,6 +185,11 @@ impl Metrics {
             "weather_runner_request_duration_seconds",
             "Time from a request's arrival at the activator to its response headers (runner)",
             m.activator_duration.clone(),
+        );
+        registry.register(
+            "weather_runner_deliveries_in_flight",
+            "Deliveries a KafkaSource is sending to its sink now, waiting for a replica included (runner)",
+            m.deliveries_in_flight.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -2,7 +2,8 @@
 //! reads a CloudEvent (binary or structured mode) from the request, turns it into a
 //! [`Received`] tweet — rejecting with a status KafkaSource will not retry (400, 413) what can
 //! never succeed — and answers 2xx only once the store has applied it (or had it already), 503
-//! while the store is unavailable so KafkaSource retries.
+//! while the store is unavailable so KafkaSource retries. What a store's error means is the
+//! store's one [`Store::failure`]; its readiness probe asks [`Store::ready`].
 
 use crate::event::{EventError, Received};
 use axum::{
@@ -20,17 +21,30 @@ use tokio::net::TcpListener;
 /// Where a sink writes. `apply` must be idempotent per event: a redelivered event changes
 /// nothing and answers [`Applied::Duplicate`].
 pub trait Store: Send + Sync + 'static {
-    /// The dependency's name in metrics and errors (`redis`, `mongodb`).
-    const DEPENDENCY: &'static str;
     type Error: std::fmt::Display + Send;
 
     fn apply(&self, event: &Received) -> impl Future<Output = Result<Applied, Self::Error>> + Send;
 
-    /// Refuses an event this store can never apply (e.g. a position outside the topic), before
-    /// `apply`; the message goes back in the 400.
-    fn check(&self, _event: &Received) -> Result<(), String> {
-        Ok(())
+    /// What an error of `apply` means for the sender: the one place a store's errors are
+    /// classified.
+    fn failure(error: &Self::Error) -> Failure;
+
+    /// Whether the store can keep its promises; `Err(why)` makes the readiness probe answer 503
+    /// with `why`. Called on every probe: keep it cheap.
+    fn ready(&self) -> impl Future<Output = Result<(), String>> + Send {
+        async { Ok(()) }
     }
+}
+
+/// How a sink answers an error of [`Store::apply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The event names a Kafka position that no record has: 400 with the error's text, so it
+    /// goes to the dead-letter sink and is never retried; nothing was stored.
+    Position,
+    /// A dependency (`redis`, `kafka`, `mongodb`) is unavailable: 503, retried; the error is
+    /// logged, not echoed.
+    Unavailable(&'static str),
 }
 
 /// Whether an event changed the store.
@@ -42,12 +56,14 @@ pub enum Applied {
 
 /// The sink's routes: `POST /` (where KafkaSource delivers) plus what every function serves.
 pub fn router<S: Store>(store: Arc<S>) -> Router {
-    crate::server::app(
-        Router::new()
-            .route("/", post(receive::<S>))
-            .layer(DefaultBodyLimit::max(MAX_EVENT_BYTES))
-            .with_state(store),
-    )
+    let routes = Router::new()
+        .route("/", post(receive::<S>))
+        .layer(DefaultBodyLimit::max(MAX_EVENT_BYTES))
+        .with_state(store.clone());
+    crate::server::app_with_readiness(routes, move || {
+        let store = store.clone();
+        async move { store.ready().await }
+    })
 }
 
 /// Serves `store` on `listener` until `shutdown`, then drains.
@@ -68,9 +84,6 @@ async fn receive<S: Store>(
         Ok(r) => r,
         Err(rejected) => return rejected.into_response(),
     };
-    if let Err(why) = store.check(&received) {
-        return Rejected::Position(why).into_response();
-    }
     let metrics = crate::metrics::get();
     match store.apply(&received).await {
         Ok(applied) => {
@@ -81,11 +94,14 @@ async fn receive<S: Store>(
             tracing::debug!(id = %received.id, ?applied, "Event applied");
             Json(json!({ "duplicate": applied == Applied::Duplicate })).into_response()
         }
-        Err(e) => {
-            metrics.dependency_error(S::DEPENDENCY);
-            tracing::error!(dependency = S::DEPENDENCY, error = %e, "Store update failed");
-            error_response(StatusCode::SERVICE_UNAVAILABLE, &format!("{} is unavailable", S::DEPENDENCY))
-        }
+        Err(e) => match S::failure(&e) {
+            Failure::Position => Rejected::Position(e.to_string()).into_response(),
+            Failure::Unavailable(dependency) => {
+                metrics.dependency_error(dependency);
+                tracing::error!(dependency, error = %e, "Store update failed");
+                error_response(StatusCode::SERVICE_UNAVAILABLE, &format!("{dependency} is unavailable"))
+            }
+        },
     }
 }
 

@@ -170,7 +170,7 @@ fn passed_through<T>(span: &Span, f: impl FnOnce(SpanRef<'_, Registry>) -> T) ->
 }
 
 /// The batch span processor's queue, batch and delay: the `OTEL_BSP_*` variables when set, else
-/// ours, sized from `make bench` (see README, "Performance"). The SDK's defaults (a queue of
+/// ours, sized from `make bench` (see docs/performance.md). The SDK's defaults (a queue of
 /// 2,048 spans, batches of 512, one export at a time) dropped thousands of spans per bench run:
 /// at 5,000 tweets/s the runner alone ends 20,000 spans a second, and one export to a Jaeger on
 /// the same cores takes tens of milliseconds. A span whose queue is full is dropped and

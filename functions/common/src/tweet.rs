@@ -1,7 +1,7 @@
 //! The tweet contract: parsing, validation and normalisation of `POST /input` bodies (and of
 //! tweet data that reaches the sinks), plus the keyword classifier that fills in `clima`.
 //!
-//! Decisions, also listed in the README:
+//! Decisions (docs/contract.md links here rather than repeating them):
 //! - unknown fields are ignored (clients may add metadata), but `pais` and `país` together are
 //!   an error because we could not tell which one is meant;
 //! - a key that appears twice in the tweet object is an error (serde_json's `Map` keeps the last

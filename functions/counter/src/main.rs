@@ -3,7 +3,7 @@
 use clap::Parser;
 
 // One thread: the manifests give a function one CPU, and a second worker cost more CPU per
-// request in wake-ups than it gave (README, "What the profile showed, and what was cut").
+// request in wake-ups than it gave (docs/performance.md, "What the measurements decided").
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
@@ -15,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
     store.check().await?;
     let listener = common::server::bind(&config.host, config.port).await?;
     metrics.ready(started);
-    tracing::info!(port = config.port, redis = %config.redacted_redis_url(), "Counter listening");
+    tracing::info!(port = config.port, redis = %config.redis_url, "Counter listening");
     common::sink::run(store, listener, common::server::shutdown_signal()).await?;
     Ok(())
 }

@@ -1,5 +1,8 @@
-//! `ingest`: `POST /input` takes one tweet, validates and normalises it, publishes it through
-//! `producer` over one shared gRPC channel and answers `202 {"id": …}` only once Kafka holds it.
+//! `ingest`: `POST /input` takes one tweet, validates and normalises it, gives it an id,
+//! publishes it through `producer` over one shared gRPC channel and answers `202 {"id": …}` only
+//! once Kafka holds it; `503` only when Kafka provably does not, `504 {"outcome": "unknown",
+//! "id": …}` when it cannot tell ([`Outcome`]). With an `Idempotency-Key` the id is the key's and
+//! the tweet's, and the key is bound to its first tweet ([`keys`]).
 //!
 //! Routes: the same endpoint answers at each of [`INPUT_PATHS`] — `/input` (the assignment's),
 //! `/input/` (what its clients post to) and `/` (where a Knative function is invoked); another
@@ -8,21 +11,27 @@
 
 mod config;
 mod error;
+pub mod keys;
 
 pub use config::Config;
-pub use error::IngestError;
+pub use error::{IngestError, Outcome};
+pub use keys::{Keys, Remembered};
 
 use axum::{
     Json, Router,
-    body::Bytes,
-    extract::{DefaultBodyLimit, State, rejection::BytesRejection},
-    http::{HeaderMap, HeaderValue, StatusCode, header::CONTENT_TYPE},
+    body::{Body, Bytes},
+    extract::State,
+    http::{
+        HeaderMap, HeaderValue, StatusCode,
+        header::{CONTENT_LENGTH, CONTENT_TYPE},
+    },
     routing::post,
 };
 use common::tweet::Tweet;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use proto::v1::{PublishRequest, producer_client::ProducerClient};
 use serde_json::{Value, json};
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 use tonic::{
     metadata::MetadataMap,
@@ -30,26 +39,37 @@ use tonic::{
 };
 use tracing::Instrument;
 
-/// What the handler needs: a client on the shared channel and the deadline for its answer.
+/// What the handler needs: a client on the shared channel, the deadline for its answer, the
+/// keys it remembers and the limits of a body.
 #[derive(Clone)]
 pub struct AppState {
     producer: ProducerClient<Channel>,
     /// The deadline as its `grpc-timeout` header, written once by tonic's own
     /// `Request::set_timeout` (it formatted the same value for every call).
     grpc_timeout: HeaderValue,
+    keys: Arc<Keys>,
+    max_body_bytes: usize,
+    body_read_timeout: Duration,
 }
 
 impl AppState {
-    pub fn new(producer: ProducerClient<Channel>, timeout: Duration) -> AppState {
+    /// The state `config` describes; nothing connects yet (producer and Redis on first use).
+    pub fn new(config: &Config) -> anyhow::Result<AppState> {
         let mut probe = tonic::Request::new(());
-        probe.set_timeout(timeout);
+        probe.set_timeout(config.producer_timeout());
         let grpc_timeout = probe
             .into_parts()
             .0
             .into_headers()
             .remove(GRPC_TIMEOUT)
             .expect("set_timeout writes grpc-timeout");
-        AppState { producer, grpc_timeout }
+        Ok(AppState {
+            producer: ProducerClient::new(producer_channel(&config.producer_url)?),
+            grpc_timeout,
+            keys: Arc::new(Keys::new(config)?),
+            max_body_bytes: config.max_body_bytes,
+            body_read_timeout: config.body_read_timeout(),
+        })
     }
 }
 
@@ -60,13 +80,12 @@ const GRPC_TIMEOUT: &str = "grpc-timeout";
 pub const INPUT_PATHS: [&str; 3] = ["/input", "/input/", "/"];
 
 /// The service's routes, for `run` and for tests that call it with `oneshot`.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+pub fn router(state: AppState) -> Router {
     let routes = INPUT_PATHS.into_iter().fold(Router::new(), |routes, path| routes.route(path, post(input)));
     common::server::app(
         routes
             .method_not_allowed_fallback(|| async { IngestError::MethodNotAllowed })
             .fallback(|| async { IngestError::NotFound })
-            .layer(DefaultBodyLimit::max(max_body_bytes))
             .with_state(state),
     )
 }
@@ -83,25 +102,37 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = AppState::new(
-        ProducerClient::new(producer_channel(&config.producer_url)?),
-        config.producer_timeout(),
-    );
-    common::server::serve(listener, router(state, config.max_body_bytes), shutdown).await?;
+    let app = router(AppState::new(&config)?);
+    common::server::serve_with(listener, app, shutdown, config.limits()).await?;
     Ok(())
 }
 
 async fn input(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<(StatusCode, Json<Value>), IngestError> {
     if !is_json(&headers) {
         return Err(IngestError::UnsupportedMediaType);
     }
     let idempotency_key = idempotency_key(&headers)?;
-    let body = body.map_err(|e| IngestError::Body { status: e.status(), message: e.body_text() })?;
+    let body = read_body(&headers, body, state.max_body_bytes, state.body_read_timeout).await?;
     let tweet = Tweet::from_json(&body)?;
+    // Chosen before the call, so that even an answer of unknown outcome names the tweet.
+    let id = common::event::tweet_id(idempotency_key, &tweet);
+    if let Some(key) = idempotency_key {
+        match state.keys.remember(key, id).await {
+            Ok(Remembered::First | Remembered::Same) => {}
+            Ok(Remembered::Reused) => return Err(IngestError::KeyReused),
+            Ok(Remembered::OverBudget { retry_after_s }) => {
+                return Err(IngestError::KeyBudget { retry_after_s });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Remembering an Idempotency-Key failed");
+                return Err(IngestError::KeysUnavailable);
+            }
+        }
+    }
 
     let span = tracing::info_span!(
         "publish",
@@ -114,28 +145,37 @@ async fn input(
     let mut metadata = HeaderMap::with_capacity(4);
     metadata.insert(GRPC_TIMEOUT, state.grpc_timeout.clone());
     common::telemetry::inject_headers(&span, &mut metadata);
-    let mut request = tonic::Request::new(PublishRequest { tweet: Some(to_proto(tweet)), idempotency_key });
+    let id = id.to_string();
+    let mut request = tonic::Request::new(PublishRequest {
+        tweet: Some(to_proto(tweet)),
+        id: id.clone(),
+        idempotent: idempotency_key.is_some(),
+    });
     *request.metadata_mut() = MetadataMap::from_headers(metadata);
-    match state.producer.clone().publish(request).instrument(span).await {
-        Ok(reply) => {
-            let reply = reply.into_inner();
-            Ok((StatusCode::ACCEPTED, Json(json!({ "id": reply.id }))))
-        }
-        Err(status) if status.code() == tonic::Code::InvalidArgument => {
+    let status = match state.producer.clone().publish(request).instrument(span).await {
+        Ok(_) => return Ok((StatusCode::ACCEPTED, Json(json!({ "id": id })))),
+        Err(status) => status,
+    };
+    match Outcome::of(&status) {
+        Outcome::Invalid => {
             // Our validation and producer's agree, so this means the two versions drifted.
             tracing::error!(%status, "Producer rejected a tweet that ingest accepted");
-            Err(IngestError::Body { status: StatusCode::BAD_REQUEST, message: status.message().to_owned() })
+            Err(IngestError::Body(status.message().to_owned()))
         }
-        Err(status) => {
-            tracing::warn!(code = ?status.code(), message = status.message(), "Publishing failed");
-            Err(IngestError::Unavailable)
+        Outcome::NotStored => {
+            tracing::warn!(code = ?status.code(), message = status.message(), "Publishing failed; not stored");
+            Err(IngestError::NotStored)
+        }
+        Outcome::Unknown => {
+            tracing::warn!(code = ?status.code(), message = status.message(), %id, "Publishing failed; outcome unknown");
+            Err(IngestError::Unknown { id, keyed: idempotency_key.is_some() })
         }
     }
 }
 
-/// The `Idempotency-Key` header (empty when absent): what makes a client's retry safe.
-fn idempotency_key(headers: &HeaderMap) -> Result<String, IngestError> {
-    let Some(value) = headers.get("idempotency-key") else { return Ok(String::new()) };
+/// The `Idempotency-Key` header, if sent: what makes a client's retry safe.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, IngestError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
     let key = value.as_bytes();
     if key.is_empty()
         || key.len() > common::event::MAX_IDEMPOTENCY_KEY_BYTES
@@ -143,7 +183,29 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, IngestError> {
     {
         return Err(IngestError::IdempotencyKey);
     }
-    Ok(String::from_utf8_lossy(key).into_owned())
+    // Visible ASCII is UTF-8.
+    Ok(value.to_str().ok())
+}
+
+/// The whole body, within `limit` bytes (a larger declared length is refused before reading)
+/// and `timeout` from now: a client that sends its body a byte at a time is answered 408 rather
+/// than held.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, IngestError> {
+    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(IngestError::TooLarge(limit));
+    }
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(IngestError::TooLarge(limit)),
+        Ok(Err(_)) => Err(IngestError::Body("the body could not be read to its end".into())),
+        Err(_) => Err(IngestError::Timeout(timeout.as_millis())),
+    }
 }
 
 /// `application/json`, with or without parameters such as `charset=utf-8`.
@@ -171,8 +233,6 @@ mod tests {
 
     use super::*;
     use axum::{body::Body, http::Request};
-    use http_body_util::BodyExt;
-    use proto::v1::producer_client::ProducerClient;
     use tower::ServiceExt;
 
     async fn send(app: &Router, method: &str, path: &str) -> (StatusCode, String) {
@@ -205,8 +265,8 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", closed.local_addr().unwrap());
         drop(closed);
-        let producer = ProducerClient::new(producer_channel(&url).unwrap());
-        let app = router(AppState::new(producer, Duration::from_secs(5)), 16 * 1024);
+        let config = <Config as clap::Parser>::parse_from(["ingest", "--producer-url", &url]);
+        let app = router(AppState::new(&config).unwrap());
 
         // One request of each kind first, so every series the flood can reach exists.
         let kinds = |i: usize| {

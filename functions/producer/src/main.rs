@@ -3,7 +3,7 @@
 use clap::Parser;
 
 // One thread: the manifests give a function one CPU, and a second worker cost more CPU per
-// request in wake-ups than it gave (README, "What the profile showed, and what was cut").
+// request in wake-ups than it gave (docs/performance.md, "What the measurements decided").
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let started = std::time::Instant::now();

@@ -5,7 +5,7 @@ openmetrics``, for tests of the queries the Kubernetes experiment asks."""
 from __future__ import annotations
 
 import os
-import socket
+import random
 import subprocess
 import time
 import urllib.request
@@ -23,10 +23,10 @@ def binary(name: str) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def listen_port() -> int:
+    """A random port below the ephemeral range, where no outgoing connection takes it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    return random.randrange(10000, low)
 
 
 class BackfilledPrometheus:
@@ -44,20 +44,31 @@ class BackfilledPrometheus:
         tsdb = self.folder / "tsdb"
         subprocess.run([binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", source, tsdb],
                        check=True, capture_output=True, text=True)
-        port = free_port()
-        log = open(self.folder / "prometheus.log", "w")
         config = self.folder / "prometheus.yml"
         config.write_text("global: {scrape_interval: 15s}\n")
+        for _ in range(5):
+            url = self._start(tsdb, config, listen_port())
+            if url:
+                return url
+        pytest.fail("prometheus found its port taken 5 times")
+
+    def _start(self, tsdb: Path, config: Path, port: int) -> str | None:
+        """Prometheus on ``port``: its URL once ready, None if the port was taken."""
+        log_path = self.folder / "prometheus.log"
         # Retention far beyond the series' age, or Prometheus deletes the backfilled blocks.
-        self.process = subprocess.Popen(
-            [binary("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tsdb}",
-             "--storage.tsdb.retention.time=100y", f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=log, stderr=subprocess.STDOUT)
+        with open(log_path, "w") as log:
+            self.process = subprocess.Popen(
+                [binary("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tsdb}",
+                 "--storage.tsdb.retention.time=100y", f"--web.listen-address=127.0.0.1:{port}"],
+                stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + self.ready_timeout_s
         while True:
             if self.process.poll() is not None:
-                pytest.fail(f"prometheus exited: {(self.folder / 'prometheus.log').read_text()[-2000:]}")
+                text = log_path.read_text()
+                if "address already in use" in text:
+                    return None
+                pytest.fail(f"prometheus exited: {text[-2000:]}")
             try:
                 with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as r:
                     if r.status == 200:

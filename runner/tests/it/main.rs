@@ -5,6 +5,7 @@
 //! `scale.rs` runs the same pipeline behind the scale-to-zero activator.
 
 mod scale;
+mod secrets;
 
 use counter::Keyspace;
 use futures::{StreamExt, stream};
@@ -17,11 +18,12 @@ use rdkafka::{
     util::Timeout,
 };
 use redis::AsyncCommands;
-use runner::{Options, Runner, Stack};
+use runner::{
+    Options, Runner, Stack,
+    events::{EventKind, ScaleEvent},
+};
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
-
-const COUNTRIES: [&str; 5] = ["Guatemala", "México", "El Salvador", "Perú", "Chile"];
-const CLIMAS: [&str; 4] = ["soleado", "lluvioso", "nublado", "tormenta"];
+use testkit::{CLIMAS, COUNTRIES, tweet};
 
 fn options() -> Options {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -31,13 +33,13 @@ fn options() -> Options {
         stack: Stack {
             manifests: root.join("knative/base"),
             kafka_brokers: testkit::kafka_brokers(),
-            redis_url: testkit::redis_url(),
-            mongodb_uri: testkit::mongodb_uri(),
+            redis_url: testkit::redis_url().into(),
+            mongodb_uri: testkit::mongodb_uri().into(),
             run_id: Some(run_id.clone()),
         },
         bin_dir: Some(bin_dir),
         log_dir: root.join("target/runner-tests").join(&run_id),
-        base_port: testkit::free_ports(5), // four functions and the runner's /metrics
+        base_port: 0, // every port the OS's choice: `Runner::ports` says which
         deliveries: 1,
         no_sources: false,
         mode: runner::Mode::AlwaysOn,
@@ -48,12 +50,6 @@ fn options() -> Options {
         backoff_delay_ms: None,
         max_scale: None,
     }
-}
-
-/// The `i`-th tweet of a test: countries and conditions in a fixed rotation.
-fn tweet(i: usize) -> serde_json::Value {
-    let (pais, clima) = (COUNTRIES[i % COUNTRIES.len()], CLIMAS[i % CLIMAS.len()]);
-    serde_json::json!({ "texto": format!("Reporte número {i}"), "pais": pais, "clima": clima })
 }
 
 /// Posts tweets `range` to ingest, 16 at a time; every one must be accepted.
@@ -93,7 +89,7 @@ fn expected(n: usize) -> (BTreeMap<String, i64>, BTreeMap<String, i64>, BTreeMap
 async fn assert_exact(runner: &Runner, n: usize) {
     runner.drain(Duration::from_secs(90)).await.expect("every record delivered");
     let options = &runner.options;
-    let mut redis = redis::Client::open(options.stack.redis_url.as_str())
+    let mut redis = redis::Client::open(options.stack.redis_url.expose_secret())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
@@ -102,15 +98,17 @@ async fn assert_exact(runner: &Runner, n: usize) {
     assert_eq!(counted.total, n as i64, "total");
     assert_eq!((counted.countries, counted.climas, counted.country_clima), expected(n));
 
-    let db =
-        mongodb::Client::with_uri_str(&options.stack.mongodb_uri).await.unwrap().database(&database(options));
+    let db = mongodb::Client::with_uri_str(options.stack.mongodb_uri.expose_secret())
+        .await
+        .unwrap()
+        .database(&database(options));
     let tweets = db.collection::<mongodb::bson::Document>("tweets");
     assert_eq!(tweets.count_documents(Default::default()).await.unwrap(), n as u64, "archived");
 }
 
 /// Removes what a test left in Redis and MongoDB (topics stay; they are small and unique).
 async fn clean(options: &Options) {
-    let mut redis = redis::Client::open(options.stack.redis_url.as_str())
+    let mut redis = redis::Client::open(options.stack.redis_url.expose_secret())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
@@ -119,7 +117,7 @@ async fn clean(options: &Options) {
     if !keys.is_empty() {
         let _: () = redis.del(keys).await.unwrap();
     }
-    let client = mongodb::Client::with_uri_str(&options.stack.mongodb_uri).await.unwrap();
+    let client = mongodb::Client::with_uri_str(options.stack.mongodb_uri.expose_secret()).await.unwrap();
     client.database(&database(options)).drop().await.unwrap();
 }
 
@@ -152,8 +150,12 @@ async fn metric(runner: &Runner, function: &str, series: &str) -> f64 {
 
 /// The sum of the runner's own series starting with `series` for the Service `service`.
 async fn runner_metric(runner: &Runner, series: &str, service: &str) -> f64 {
-    let port = runner.options.base_port + runner.functions.all().len() as u16;
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap();
+    let text = reqwest::get(format!("http://{}/metrics", runner.ports().metrics))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let label = format!("service=\"{service}\"");
     text.lines()
         .filter(|l| l.starts_with(series) && l.contains(&label))
@@ -214,8 +216,83 @@ async fn counter_killed_mid_burst_loses_and_doubles_nothing() {
     }
     post(&runner, 200..300).await;
     assert_exact(&runner, 300).await;
+    // The kill is an `exit` event with its signal, for the process the runner had started.
+    let events = runner.events();
+    let started: Vec<Option<u32>> = events
+        .iter()
+        .filter(|e| e.event == EventKind::Start && e.function == "counter")
+        .map(|e| e.pid)
+        .collect();
+    let killed: Vec<&ScaleEvent> =
+        events.iter().filter(|e| e.event == EventKind::Exit && e.function == "counter").collect();
+    assert_eq!(killed.len(), 1, "{events:#?}");
+    assert_eq!((killed[0].signal, killed[0].code), (Some(9), None));
+    assert_eq!(killed[0].pid, started[0]);
     clean(&runner.options).await;
     runner.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn base_port_0_binds_what_the_os_chooses_and_says_where() {
+    let options = options();
+    let path = options.log_dir.join("events.jsonl");
+    let runner =
+        Runner::start(Options { events: Some(path.clone()), ..options }).await.expect("runner starts");
+    let ports = runner.ports().clone();
+    assert_eq!(ports.functions.keys().collect::<Vec<_>>(), ["archiver", "counter", "ingest", "producer"]);
+    // The first line of the events file, as a script reads it.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["event"], "listening");
+    for (name, address) in &ports.functions {
+        assert_ne!(address.port(), 0);
+        assert_eq!(first["addresses"][name], address.to_string(), "{name}");
+        assert_eq!(runner.functions.url(name).unwrap(), format!("http://{address}"));
+        let path = &runner.functions.get(name).unwrap().service.readiness_path;
+        let ready = reqwest::get(format!("http://{address}{path}")).await.unwrap();
+        assert!(ready.status().is_success(), "{name} through its public address: {}", ready.status());
+    }
+    assert_eq!(first["metrics"], ports.metrics.to_string());
+    let metrics =
+        reqwest::get(format!("http://{}/metrics", ports.metrics)).await.unwrap().text().await.unwrap();
+    for source in ["counter", "archiver"] {
+        let label = format!("source=\"{source}\"");
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("weather_runner_deliveries_in_flight{") && l.contains(&label)),
+            "no deliveries-in-flight gauge for {source} in\n{metrics}"
+        );
+    }
+    runner.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_whose_port_another_program_took_is_told_apart() {
+    let options = options();
+    let (numbered, _) = runner::functions::numbered_ports(&options.stack, 0).unwrap();
+    let functions = runner::functions::Functions::new(
+        &options.stack,
+        options.bin_dir.clone().unwrap(),
+        options.log_dir.clone(),
+        &numbered.into_iter().collect(),
+    )
+    .unwrap();
+    let counter = functions.get("counter").unwrap();
+    // On a free port counter gets ready (so its environment is fine)…
+    let mut process = functions.exec(counter, runner::functions::free_port().unwrap()).unwrap();
+    functions.wait_ready(counter, &mut process).await.expect("counter gets ready on a free port");
+    process.stop("counter").await.unwrap();
+    // …and on a port another program listens on it exits, and the runner says why.
+    let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut process = functions.exec(counter, port).unwrap();
+    match functions.wait_ready(counter, &mut process).await {
+        Err(runner::functions::StartError::PortTaken { function, port: p }) => {
+            assert_eq!((function.as_str(), p), ("counter", port))
+        }
+        other => panic!("expected PortTaken, got {other:?}"),
+    }
 }
 
 /// A Redis of the test's own (so stopping it disturbs no other test), persisting every write.
@@ -259,7 +336,7 @@ async fn redis_stopped_mid_burst_is_retried_not_lost() {
     let dir = std::env::temp_dir().join(format!("redis-{}", uuid::Uuid::new_v4()));
     let redis = OwnRedis::start(testkit::free_ports(1), dir).await;
     let mut options = options();
-    options.stack.redis_url = format!("redis://127.0.0.1:{}/0", redis.port);
+    options.stack.redis_url = format!("redis://127.0.0.1:{}/0", redis.port).into();
     let runner = Runner::start(options).await.expect("runner starts");
     post(&runner, 0..100).await;
     let (port, dir) = redis.stop().await;
@@ -351,7 +428,7 @@ async fn records_written_while_the_runner_was_down_are_all_delivered() {
         ClientConfig::new().set("bootstrap.servers", &options.stack.kafka_brokers).create().unwrap();
     let topic = options.stack.topic("messages");
     for i in 30..39 {
-        let (pais, _) = (COUNTRIES[i % COUNTRIES.len()], ());
+        let pais = COUNTRIES[i % COUNTRIES.len()];
         producer
             .send(
                 FutureRecord::to(&topic).key(pais).payload(&tweet(i).to_string()),

@@ -5,7 +5,7 @@
 
 use crate::{assert_exact, clean, options, post};
 use runner::{
-    Mode, Options, Runner,
+    Mode, Options, Ports, Runner,
     events::{EventKind, ScaleEvent},
 };
 use std::{
@@ -32,15 +32,12 @@ fn mode_options(mode: Mode) -> Options {
 
 /// Function processes of this test's run alive on the machine, found in `/proc` (whatever the
 /// runner believes): one of our binaries with this run's topic in its environment.
-fn our_processes(options: &Options) -> Vec<(u32, String)> {
+fn our_processes(options: &Options, ports: &Ports) -> Vec<(u32, String)> {
     let bin_dir = options.bin_dir.clone().unwrap();
     // A process of ours has its function's manifest environment, made local for this run (whose
     // ports and names are the test's own).
     let services = options.stack.services().unwrap();
-    let url_of = |name: &str| {
-        let index = services.iter().position(|s| s.name == name)?;
-        Some(format!("http://127.0.0.1:{}", options.base_port + index as u16))
-    };
+    let url_of = |name: &str| ports.functions.get(name).map(|address| format!("http://{address}"));
     let expected: Vec<(String, Vec<Vec<u8>>)> = services
         .iter()
         .map(|s| {
@@ -87,15 +84,32 @@ fn assert_file_matches(options: &Options, events: &[ScaleEvent]) {
 async fn scale_to_zero_starts_on_demand_and_stops_when_idle() {
     let options = mode_options(Mode::ScaleToZero);
     let runner = Runner::start(options.clone()).await.expect("runner starts");
+    let ports = runner.ports().clone();
     assert_eq!(runner.policy.idle, Some(Duration::from_millis(IDLE_MS)));
 
     // (a) Nothing runs before the first request.
     assert!(runner.running_functions().is_empty(), "{:?}", runner.running_functions());
-    assert!(our_processes(&options).is_empty(), "{:?}", our_processes(&options));
+    assert!(our_processes(&options, &ports).is_empty(), "{:?}", our_processes(&options, &ports));
 
-    // (b) The first requests are held until ingest (then producer, then the sinks) is ready.
-    post(&runner, 0..50).await;
-    assert_exact(&runner, 50).await;
+    // (b) The first requests are held until ingest (then producer, then the sinks) is ready;
+    // the sources' deliveries count in flight meanwhile (the sinks are starting), and no longer
+    // once all are delivered.
+    let most = AtomicUsize::new(0);
+    let done = AtomicBool::new(false);
+    let watch = async {
+        while !done.load(Ordering::Relaxed) {
+            most.fetch_max(runner.deliveries_in_flight() as usize, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    let work = async {
+        post(&runner, 0..50).await;
+        assert_exact(&runner, 50).await;
+        done.store(true, Ordering::Relaxed);
+    };
+    tokio::join!(watch, work);
+    assert!(most.load(Ordering::Relaxed) > 0, "no delivery was ever seen in flight");
+    assert_eq!(runner.deliveries_in_flight(), 0);
     let first = runner.events();
     for name in names(&options) {
         let name = name.as_str();
@@ -105,12 +119,12 @@ async fn scale_to_zero_starts_on_demand_and_stops_when_idle() {
 
     // (c) Idle for the idle period: every process is stopped, and really gone.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !runner.running_functions().is_empty() || !our_processes(&options).is_empty() {
+    while !runner.running_functions().is_empty() || !our_processes(&options, &ports).is_empty() {
         assert!(
             Instant::now() < deadline,
             "still running 10 s after the burst: {:?}, in /proc {:?}",
             runner.running_functions(),
-            our_processes(&options)
+            our_processes(&options, &ports)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -120,6 +134,10 @@ async fn scale_to_zero_starts_on_demand_and_stops_when_idle() {
         let stops = of(&gap, EventKind::Stop, name);
         assert_eq!(stops.len(), 1, "{name} stopped once");
         assert_eq!(stops[0].pid, of(&gap, EventKind::Start, name)[0].pid, "{name}: the process it started");
+        // SIGTERM drained it and it exited cleanly.
+        let exits = of(&gap, EventKind::Exit, name);
+        assert_eq!(exits.len(), 1, "{name} exited once");
+        assert_eq!((exits[0].pid, exits[0].code, exits[0].signal), (stops[0].pid, Some(0), None), "{name}");
     }
 
     // (d) After the gap every function cold-starts again, and nothing is lost.
@@ -143,13 +161,14 @@ async fn scale_to_zero_starts_on_demand_and_stops_when_idle() {
 
     clean(&runner.options).await;
     runner.stop().await;
-    assert!(our_processes(&options).is_empty());
+    assert!(our_processes(&options, &ports).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn always_on_keeps_every_function_running_and_has_no_cold_start() {
     let options = mode_options(Mode::AlwaysOn);
     let runner = Runner::start(options.clone()).await.expect("runner starts");
+    let ports = runner.ports().clone();
     assert_eq!(runner.policy.idle, None, "always-on ignores the idle period");
     assert_eq!(runner.running_functions().len(), 4);
     let pids: Vec<u32> =
@@ -162,7 +181,7 @@ async fn always_on_keeps_every_function_running_and_has_no_cold_start() {
     let watch = async {
         while !done.load(Ordering::Relaxed) {
             fewest.fetch_min(runner.running_functions().len(), Ordering::Relaxed);
-            fewest.fetch_min(our_processes(&options).len(), Ordering::Relaxed);
+            fewest.fetch_min(our_processes(&options, &ports).len(), Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
@@ -202,7 +221,7 @@ async fn always_on_keeps_every_function_running_and_has_no_cold_start() {
     started.sort();
     assert_eq!(stopped, started, "every process started was stopped at the end");
     assert!(stops.iter().all(|e| e.replicas.is_some()), "{stops:?}");
-    assert!(our_processes(&options).is_empty());
+    assert!(our_processes(&options, &ports).is_empty());
 }
 
 /// An overlay folder of the test's own: always-on, min-scale 1, max-scale 4, a target of 2
@@ -224,6 +243,7 @@ async fn a_burst_over_the_target_scales_out_then_back_to_min_scale_losing_nothin
     let options = mode_options(Mode::AlwaysOn);
     let options = Options { overlays: Some(small_target_overlays(&options)), ..options };
     let runner = Runner::start(options.clone()).await.expect("runner starts");
+    let ports = runner.ports().clone();
     let ingest = runner.scaling("ingest").unwrap();
     assert_eq!((ingest.target, ingest.max_scale, ingest.stable_window), (2.0, 4, Duration::from_secs(6)));
     assert_eq!(runner.replicas("ingest"), 1);
@@ -272,7 +292,8 @@ async fn a_burst_over_the_target_scales_out_then_back_to_min_scale_losing_nothin
     assert!(scale.iter().any(|e| e.desired == Some(1)), "never wanted 1 again: {scale:#?}");
     // Every event carries the replica count, and the counts follow the starts and stops.
     let mut alive = 0;
-    for e in events.iter().filter(|e| e.function == "ingest" && e.event != EventKind::ColdStart) {
+    let counted = [EventKind::Start, EventKind::Ready, EventKind::Stop, EventKind::Scale];
+    for e in events.iter().filter(|e| e.function == "ingest" && counted.contains(&e.event)) {
         match e.event {
             EventKind::Start => alive += 1,
             EventKind::Stop => alive -= 1,
@@ -283,12 +304,12 @@ async fn a_burst_over_the_target_scales_out_then_back_to_min_scale_losing_nothin
     assert!(events.iter().all(|e| e.event != EventKind::ColdStart), "always-on had a cold start");
     clean(&runner.options).await;
     runner.stop().await;
-    assert!(our_processes(&options).is_empty());
+    assert!(our_processes(&options, &ports).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_binary_is_an_error_before_anything_binds() {
-    let options = mode_options(Mode::ScaleToZero);
+    let options = Options { base_port: testkit::free_ports(5), ..mode_options(Mode::ScaleToZero) };
     let empty = options.log_dir.join("no-binaries");
     std::fs::create_dir_all(&empty).unwrap();
     let err =
@@ -316,10 +337,11 @@ async fn a_function_that_cannot_start_gets_503_at_once_and_is_retried_with_a_bac
     }
     let runner =
         Runner::start(Options { bin_dir: Some(bin), ..options.clone() }).await.expect("runner starts");
+    let ports = runner.ports().clone();
     let url = format!("{}/input", runner.functions.url("ingest").unwrap());
     let client = reqwest::Client::new();
     let send =
-        || client.post(&url).header("content-type", "application/json").body(crate::tweet(0).to_string());
+        || client.post(&url).header("content-type", "application/json").body(testkit::tweet(0).to_string());
     let started = Instant::now();
     let first = send().send().await.unwrap();
     assert_eq!(first.status(), 503);
@@ -331,5 +353,5 @@ async fn a_function_that_cannot_start_gets_503_at_once_and_is_retried_with_a_bac
     let starts = of(&runner.events(), EventKind::Start, "ingest").len();
     assert_eq!(starts, 1, "{:#?}", runner.events());
     runner.stop().await;
-    assert!(our_processes(&options).is_empty());
+    assert!(our_processes(&options, &ports).is_empty());
 }

@@ -2,7 +2,9 @@
 //! local MongoDB-wire store (`MONGODB_URI`, default `mongodb://127.0.0.1:27017`) in a database of
 //! the test's own, dropped at the end.
 
-use archiver::{Archive, Config};
+mod secrets;
+
+use archiver::{Archive, Config, client_options};
 use axum::{
     Router,
     body::Body,
@@ -218,4 +220,39 @@ async fn concurrent_events_are_archived_in_groups_each_exactly_once() {
     assert_eq!(duplicates, 100, "each repeated id is a duplicate exactly once");
     assert_eq!(fixture.documents().await.len(), 200);
     fixture.drop_database().await;
+}
+
+#[tokio::test]
+async fn every_insert_asks_for_a_journaled_majority_and_the_server_takes_it() {
+    // The insert commands archiver sends, as the driver saw them leave.
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Document>::new()));
+    let name = format!("it_archiver_{}", uuid::Uuid::now_v7().simple());
+    let config = config(&mongodb_uri(), &name, 5_000);
+    let mut options = client_options(&config).await.expect("a valid URI");
+    let seen = sent.clone();
+    options.command_event_handler = Some(mongodb::event::EventHandler::callback(move |event| {
+        if let mongodb::event::command::CommandEvent::Started(started) = event
+            && started.command_name == "insert"
+        {
+            seen.lock().unwrap().push(started.command);
+        }
+    }));
+    let app = common::sink::router(std::sync::Arc::new(Archive::with_options(options, &config).unwrap()));
+    let f = Fixture {
+        app,
+        database: mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap().database(&name),
+    };
+
+    // The server (FerretDB on the local stack) accepts the write concern: the tweet is archived.
+    assert_eq!(send(&f.app, delivered()).await, (StatusCode::OK, json!({"duplicate": false})));
+    assert_eq!(f.documents().await.len(), 1);
+    let sent = sent.lock().unwrap().clone();
+    assert!(!sent.is_empty(), "no insert command was seen");
+    for command in &sent {
+        let concern = command.get_document("writeConcern").unwrap_or_else(|_| panic!("{command:?}"));
+        assert_eq!(concern.get_str("w"), Ok("majority"), "{concern:?}");
+        assert_eq!(concern.get_bool("j"), Ok(true), "{concern:?}");
+        assert!(concern.contains_key("wtimeout"), "{concern:?}");
+    }
+    f.drop_database().await;
 }

@@ -20,24 +20,45 @@ pub fn brokers() -> String {
 /// A topic of its own for one test.
 pub struct Topic {
     pub name: String,
+    brokers: String,
     admin: AdminClient<DefaultClientContext>,
 }
 
 impl Topic {
     /// Creates the topic; panics (fails the test) when Kafka is unreachable.
     pub async fn create() -> Topic {
+        Topic::create_on(&brokers(), &[]).await
+    }
+
+    /// Creates the topic on `brokers` with topic settings `config` (`max.message.bytes`, …).
+    pub async fn create_on(brokers: &str, config: &[(&str, &str)]) -> Topic {
         let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("an admin client");
-        let name = format!("it-ingest-{}", uuid::Uuid::now_v7().simple());
+            ClientConfig::new().set("bootstrap.servers", brokers).create().expect("an admin client");
+        let name = Topic::fresh_name();
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let topic = config
+            .iter()
+            .fold(NewTopic::new(&name, PARTITIONS, TopicReplication::Fixed(1)), |topic, (key, value)| {
+                topic.set(key, value)
+            });
         let results = admin
-            .create_topics(&[NewTopic::new(&name, PARTITIONS, TopicReplication::Fixed(1))], &options)
+            .create_topics(&[topic], &options)
             .await
-            .unwrap_or_else(|e| panic!("Kafka at {} is needed and unreachable: {e}", brokers()));
+            .unwrap_or_else(|e| panic!("Kafka at {brokers} is needed and unreachable: {e}"));
         for result in results {
             result.unwrap_or_else(|(topic, e)| panic!("creating topic {topic}: {e}"));
         }
-        Topic { name, admin }
+        Topic { name, brokers: brokers.to_owned(), admin }
+    }
+
+    pub fn fresh_name() -> String {
+        format!("it-ingest-{}", uuid::Uuid::now_v7().simple())
+    }
+
+    /// A topic created otherwise (librdkafka's mock cluster has no admin API).
+    pub fn existing(brokers: &str, name: String) -> Topic {
+        let admin = ClientConfig::new().set("bootstrap.servers", brokers).create().expect("an admin client");
+        Topic { name, brokers: brokers.to_owned(), admin }
     }
 
     /// Records in the topic now: the sum of the high watermarks (no transactions, so offsets are
@@ -84,7 +105,7 @@ impl Topic {
 
     fn consumer(&self) -> StreamConsumer {
         ClientConfig::new()
-            .set("bootstrap.servers", brokers())
+            .set("bootstrap.servers", &self.brokers)
             .set("group.id", format!("{}-reader", self.name))
             .set("enable.auto.commit", "false")
             .create()

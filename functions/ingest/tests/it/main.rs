@@ -1,12 +1,17 @@
 //! `ingest` integration tests: `POST /input` through `router` with `oneshot`, publishing through
 //! a real `producer` on a loopback port into a fresh Kafka topic (`KAFKA_BROKERS`, default
 //! `127.0.0.1:9092`) where the test needs Kafka; property tests of the contract in `props`; what
-//! the gRPC call carries besides the tweet in `metadata`.
+//! the gRPC call carries besides the tweet in `metadata`; what a failed call answers in
+//! `outcome`; Idempotency-Keys against the local Redis in `keys`; slow and many clients against
+//! a served ingest in `slow`.
 
 mod kafka;
+mod keys;
 mod metadata;
+mod outcome;
 mod props;
 mod publish;
+mod slow;
 mod validation;
 
 use axum::{
@@ -15,10 +20,8 @@ use axum::{
     http::{HeaderMap, Method, Request, StatusCode, header::CONTENT_TYPE},
 };
 use http_body_util::BodyExt;
-use ingest::AppState;
-use proto::v1::producer_client::ProducerClient;
+use ingest::{AppState, Config};
 use serde_json::Value;
-use std::time::Duration;
 use tower::ServiceExt;
 
 /// The default `MAX_BODY_BYTES`.
@@ -28,9 +31,27 @@ const BODY_LIMIT: usize = 16 * 1024;
 /// without an exporter.
 fn app(producer_url: &str, max_body_bytes: usize) -> Router {
     traced();
-    let channel = ingest::producer_channel(producer_url).expect("a valid producer URL");
-    let state = AppState::new(ProducerClient::new(channel), Duration::from_secs(10));
-    ingest::router(state, max_body_bytes)
+    ingest::router(AppState::new(&Config { max_body_bytes, ..config(producer_url) }).expect("a valid config"))
+}
+
+/// The settings of a test's ingest: producer at `producer_url` with a 10 s deadline, the local
+/// Redis (`REDIS_URL`) under a prefix of its own, the defaults otherwise.
+fn config(producer_url: &str) -> Config {
+    Config {
+        port: 0,
+        host: "127.0.0.1".into(),
+        producer_url: producer_url.into(),
+        max_body_bytes: BODY_LIMIT,
+        producer_timeout_ms: 10_000,
+        header_read_timeout_ms: 10_000,
+        body_read_timeout_ms: 10_000,
+        max_connections: 2_048,
+        redis_url: testkit::redis_url(),
+        key_prefix: format!("{}:", testkit::unique("it-ingest-")),
+        redis_timeout_ms: 2_000,
+        idempotency_key_ttl_s: 3_600,
+        idempotency_keys_per_hour: 10_000,
+    }
 }
 
 /// `init`'s tracing without an exporter, as every test's global default: set before any test
@@ -46,10 +67,7 @@ fn traced() {
 
 /// A loopback port nothing listens on: bound, then released.
 fn closed_port_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}")
+    format!("http://127.0.0.1:{}", testkit::closed_port())
 }
 
 /// An ingest whose producer is unreachable: enough for requests that must fail validation first.

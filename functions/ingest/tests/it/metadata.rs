@@ -1,5 +1,5 @@
-//! What ingest sends producer besides the tweet: the call's deadline and the caller's trace
-//! context, read back by a producer that only records them.
+//! What ingest sends producer besides the tweet: the id it chose, the call's deadline and the
+//! caller's trace context, read back by a producer that only records them.
 
 use crate::{BODY_LIMIT, app, send};
 use axum::http::{Method, Request, StatusCode, header::CONTENT_TYPE};
@@ -13,9 +13,9 @@ use std::{
 };
 use tonic::metadata::MetadataMap;
 
-/// Answers every call, keeping the metadata of the last one.
+/// Answers every call, keeping the metadata and the message of the last one.
 #[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Option<MetadataMap>>>);
+struct Recorder(Arc<Mutex<Option<(MetadataMap, PublishRequest)>>>);
 
 #[tonic::async_trait]
 impl Producer for Recorder {
@@ -23,8 +23,11 @@ impl Producer for Recorder {
         &self,
         request: tonic::Request<PublishRequest>,
     ) -> Result<tonic::Response<PublishResponse>, tonic::Status> {
-        *self.0.lock().unwrap() = Some(request.metadata().clone());
-        Ok(tonic::Response::new(PublishResponse { id: "recorded".into(), partition: 0, offset: 0 }))
+        let metadata = request.metadata().clone();
+        let request = request.into_inner();
+        let id = request.id.clone();
+        *self.0.lock().unwrap() = Some((metadata, request));
+        Ok(tonic::Response::new(PublishResponse { id, partition: 0, offset: 0 }))
     }
 }
 
@@ -47,9 +50,12 @@ async fn producer_gets_the_deadline_and_the_callers_trace_context_unchanged() {
         .unwrap();
     let reply = send(&app(&url, BODY_LIMIT), request).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.json);
-    assert_eq!(reply.json["id"], "recorded");
 
-    let metadata = recorder.0.lock().unwrap().take().expect("producer was called");
+    let (metadata, message) = recorder.0.lock().unwrap().take().expect("producer was called");
+    // The id ingest chose before the call, and answered with.
+    assert_eq!(reply.json["id"], message.id.as_str());
+    assert_eq!(uuid::Uuid::parse_str(&message.id).unwrap().get_version_num(), 7);
+    assert!(!message.idempotent);
     assert_eq!(metadata.get("traceparent").unwrap(), traceparent);
     assert_eq!(metadata.get("tracestate").unwrap(), "vendor=opaque");
     // `app` gives producer 10 s; tonic writes the header its own way.

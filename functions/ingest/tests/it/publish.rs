@@ -1,4 +1,5 @@
-//! 202 means the tweet is in Kafka; 503 (with `Retry-After`) when it could not be stored.
+//! 202 means the tweet is in Kafka, under the id ingest chose; 503 (with `Retry-After`) when it
+//! was provably not stored (`outcome` has the cases where it cannot tell).
 
 use crate::kafka::{self, RunningProducer, Topic};
 use crate::{BODY_LIMIT, app, closed_port_url, post_json, send};
@@ -145,7 +146,10 @@ async fn an_unreachable_producer_is_503_with_retry_after() {
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.headers.get(RETRY_AFTER).map(|v| v.to_str().unwrap()), Some("1"));
     // The cause is logged, not echoed.
-    assert_eq!(reply.json, json!({"error": "the tweet could not be stored, try again", "field": null}));
+    assert_eq!(
+        reply.json,
+        json!({"error": "the tweet was not stored; try again", "field": null, "outcome": "not-stored"})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -158,20 +162,33 @@ async fn a_producer_that_went_away_is_503_and_nothing_more_is_written() {
 
     producer.stop().await;
     let reply = post_json(&app, tweet).await;
-    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.json);
     assert!(reply.headers.contains_key(RETRY_AFTER));
     assert_eq!(topic.record_count().await, 1);
     topic.delete().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn unreachable_kafka_behind_the_producer_is_503_with_retry_after() {
-    let producer = RunningProducer::start("127.0.0.1:1", "unreachable", 1_500).await;
+async fn the_id_is_ingests_a_fresh_uuid_v7_per_tweet() {
+    let topic = Topic::create().await;
+    let producer = RunningProducer::start(&kafka::brokers(), &topic.name, 8_000).await;
     let app = app(&producer.url, BODY_LIMIT);
-    let started = std::time::Instant::now();
-    let reply = post_json(&app, r#"{"texto":"Hoy llueve","pais":"Chile"}"#).await;
-    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.json);
-    assert!(reply.headers.contains_key(RETRY_AFTER));
-    assert!(started.elapsed() < std::time::Duration::from_secs(8), "answered after {:?}", started.elapsed());
+    let tweet = r#"{"texto":"Nublado","pais":"Chile"}"#;
+    let ids: BTreeSet<String> = futures::stream::iter(0..20)
+        .then(|_| post_json(&app, tweet))
+        .map(|reply| {
+            assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.json);
+            reply.json["id"].as_str().expect("an id").to_owned()
+        })
+        .collect()
+        .await;
+    assert_eq!(ids.len(), 20, "the same tweet without a key is a new tweet each time");
+    for id in &ids {
+        assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 7, "{id}");
+    }
+    let written: BTreeSet<String> =
+        topic.read(20).await.iter().map(|r| kafka::header(r, "ce_id").unwrap().to_owned()).collect();
+    assert_eq!(written, ids);
     producer.stop().await;
+    topic.delete().await;
 }

@@ -1,5 +1,6 @@
-//! Requests that never reach the producer: 400 naming the field, 413, 415, 404/405. The producer
-//! behind these routers is unreachable, so anything that slipped through would answer 503.
+//! Requests that never reach the producer: 400 naming the field (or the Idempotency-Key header),
+//! 408, 413, 415, 404/405. The producer behind these routers is unreachable, so anything that
+//! slipped through would answer 503.
 
 use crate::{BODY_LIMIT, Reply, app_without_producer, closed_port_url, post_json, request, send};
 use axum::http::{Method, StatusCode};
@@ -245,4 +246,48 @@ async fn probes_and_metrics_are_unchanged() {
     assert_eq!(metrics.status, StatusCode::OK);
     let content_type = metrics.headers["content-type"].to_str().unwrap();
     assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+}
+
+#[tokio::test]
+async fn malformed_idempotency_keys_are_400_naming_the_header() {
+    let app = app_without_producer();
+    let too_long = "k".repeat(common::event::MAX_IDEMPOTENCY_KEY_BYTES + 1);
+    let keys: [&[u8]; 7] =
+        [b"", b" ", b"a b", b"tab\there", too_long.as_bytes(), b"\xc3\xb1and\xc3\xba", b"\x80\xff"];
+    for key in keys {
+        let request = axum::http::Request::post("/input")
+            .header("content-type", "application/json")
+            .header("idempotency-key", axum::http::HeaderValue::from_bytes(key).unwrap())
+            .body(r#"{"texto":"x","pais":"Chile"}"#.into())
+            .unwrap();
+        let reply = send(&app, request).await;
+        assert_400(&reply, Some("Idempotency-Key"), &format!("{key:?}"));
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_is_408_and_ends_the_connection() {
+    use futures::StreamExt;
+    crate::traced();
+    let config = ingest::Config { body_read_timeout_ms: 200, ..crate::config(&closed_port_url()) };
+    let app = ingest::router(ingest::AppState::new(&config).unwrap());
+    // A declared length and a first chunk, then nothing more.
+    let chunks =
+        futures::stream::iter([Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"{\"texto\":"))])
+            .chain(futures::stream::pending());
+    let request = axum::http::Request::post("/input")
+        .header("content-type", "application/json")
+        .header("content-length", "16000")
+        .body(axum::body::Body::from_stream(chunks))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let reply = send(&app, request).await;
+    assert_eq!(reply.status, StatusCode::REQUEST_TIMEOUT, "{}", reply.json);
+    assert_eq!(reply.json["error"], "the body did not arrive within 200 ms");
+    assert_eq!(reply.headers["connection"], "close");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= std::time::Duration::from_millis(200) && elapsed < std::time::Duration::from_secs(2),
+        "{elapsed:?}"
+    );
 }

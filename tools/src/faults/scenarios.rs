@@ -1,0 +1,384 @@
+//! The scenarios: what each one does to the pipeline, one function each, and the rows it runs
+//! as (modes, keyless or keyed). What every row checks besides — the audit — is in
+//! [`super::trial::Trial::finish`].
+
+use super::{Variant, services::Service, trial::Trial};
+use crate::replay::{self, ReplayArgs};
+use nix::{sys::signal::Signal, unistd::Pid};
+use runner::{
+    Mode,
+    events::{EventKind, ScaleEvent},
+};
+use serde::Serialize;
+use std::time::Duration;
+
+/// A fault scenario, named as `tools faults <scenario>` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// The runner SIGTERMed while deliveries are in flight, then started again.
+    RunnerSigtermMidBurst,
+    /// The runner and its functions SIGKILLed while deliveries are in flight (a node crash).
+    RunnerSigkillMidBurst,
+    /// Tweets written to Kafka while the runner is stopped.
+    RunnerDownWhileWritten,
+    /// Every counter replica SIGKILLed while deliveries to it are in flight.
+    CounterSigkillMidBurst,
+    /// Every archiver replica SIGKILLed while deliveries to it are in flight.
+    ArchiverSigkillMidBurst,
+    /// Redis SIGKILLed mid-burst, started again after the outage.
+    RedisSigkill,
+    /// Redis frozen (SIGSTOP) mid-burst for the outage.
+    RedisSigstop,
+    /// The MongoDB-wire server SIGKILLed mid-burst, started again after the outage.
+    MongodbSigkill,
+    /// The MongoDB-wire server frozen mid-burst for the outage.
+    MongodbSigstop,
+    /// Kafka SIGKILLed mid-burst, started again 3 s later.
+    KafkaSigkillRestart,
+    /// Kafka frozen mid-burst for the outage: answers whose outcome is unknown.
+    KafkaSigstop,
+    /// Every event delivered twice (`--deliveries 2`).
+    EveryEventTwice,
+    /// Records that are not JSON in the topic.
+    PoisonGarbage,
+    /// Records that are JSON but not valid tweets.
+    PoisonInvalidTweets,
+    /// A record too large for the dead-letter topic.
+    PoisonOversized,
+    /// Redis down past the retry budget: tweets dead-lettered, then replayed exactly once.
+    OutagePastBudgetThenReplay,
+    /// One tweet posted three times with one `Idempotency-Key`.
+    IdempotencyKeyRetries,
+    /// The key retried after producer was frozen and ingest could not answer 202.
+    IdempotencyKeyProducerStopped,
+}
+
+impl Scenario {
+    /// The rows this scenario runs as. Outages run in both modes; keyed rows where a retry
+    /// after an unknown outcome can send a tweet twice.
+    pub fn variants(self) -> Vec<Variant> {
+        use Scenario::*;
+        let (on, zero) = (Mode::AlwaysOn, Mode::ScaleToZero);
+        let rows: &[(Mode, bool)] = match self {
+            RunnerSigtermMidBurst
+            | RunnerDownWhileWritten
+            | CounterSigkillMidBurst
+            | ArchiverSigkillMidBurst => &[(on, false)],
+            PoisonGarbage | PoisonInvalidTweets | PoisonOversized => &[(on, false)],
+            RunnerSigkillMidBurst | EveryEventTwice => &[(on, false), (on, true)],
+            RedisSigkill | RedisSigstop | MongodbSigkill | MongodbSigstop | OutagePastBudgetThenReplay => {
+                &[(on, false), (zero, false)]
+            }
+            KafkaSigkillRestart | KafkaSigstop => &[(on, false), (zero, false), (on, true)],
+            IdempotencyKeyRetries | IdempotencyKeyProducerStopped => &[(on, true)],
+        };
+        rows.iter().map(|&(mode, keyed)| Variant { scenario: self, mode, keyed }).collect()
+    }
+
+    /// The runner's arguments besides `--mode`.
+    pub fn runner_args(self) -> &'static [&'static str] {
+        match self {
+            Scenario::EveryEventTwice => &["--deliveries", "2"],
+            // A retry budget of seconds (50 ms linear backoff), so the outage outlasts it.
+            Scenario::OutagePastBudgetThenReplay => &["--backoff-delay-ms", "50"],
+            _ => &[],
+        }
+    }
+
+    /// Runs the scenario on `t`; its checks go to `t`, the audit follows.
+    pub async fn run(self, t: &Trial) -> anyhow::Result<()> {
+        use Scenario::*;
+        match self {
+            RunnerSigtermMidBurst => runner_stopped_mid_burst(t, Signal::SIGTERM).await,
+            RunnerSigkillMidBurst => runner_stopped_mid_burst(t, Signal::SIGKILL).await,
+            RunnerDownWhileWritten => runner_down_while_written(t).await,
+            CounterSigkillMidBurst => sink_killed_mid_burst(t, "counter").await,
+            ArchiverSigkillMidBurst => sink_killed_mid_burst(t, "archiver").await,
+            RedisSigkill => store_down(t, Service::Redis, "counter", Signal::SIGKILL).await,
+            RedisSigstop => store_down(t, Service::Redis, "counter", Signal::SIGSTOP).await,
+            MongodbSigkill => store_down(t, Service::Ferretdb, "archiver", Signal::SIGKILL).await,
+            MongodbSigstop => store_down(t, Service::Ferretdb, "archiver", Signal::SIGSTOP).await,
+            KafkaSigkillRestart => kafka_down(t, Signal::SIGKILL, Duration::from_secs(3)).await,
+            KafkaSigstop => kafka_down(t, Signal::SIGSTOP, t.outage).await,
+            EveryEventTwice => t.post(0..t.tweets).await,
+            PoisonGarbage => poison(t, &[b"\xff\x00 not a tweet".to_vec(), b"{\"texto\":".to_vec()]).await,
+            PoisonInvalidTweets => {
+                let records = [
+                    br#"{"texto":"sin pais"}"#.to_vec(),
+                    br#"{"texto":"","pais":"Chile"}"#.to_vec(),
+                    br#"{"texto":"x","pais":"Chile","clima":"volcanico"}"#.to_vec(),
+                ];
+                poison(t, &records).await
+            }
+            PoisonOversized => poison(t, &[vec![b'x'; 1_000_200]]).await,
+            OutagePastBudgetThenReplay => outage_past_budget_then_replay(t).await,
+            IdempotencyKeyRetries => idempotency_key(t, false).await,
+            IdempotencyKeyProducerStopped => idempotency_key(t, true).await,
+        }
+    }
+}
+
+impl std::fmt::Display for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = clap::ValueEnum::to_possible_value(self).expect("no scenario is skipped");
+        f.write_str(value.get_name())
+    }
+}
+
+/// A third and two thirds of a scenario's tweets.
+fn thirds(t: &Trial) -> (usize, usize) {
+    (t.tweets / 3, 2 * t.tweets / 3)
+}
+
+/// The runner stopped by `signal` while deliveries are in flight, and started again; the burst
+/// goes on, its requests failing meanwhile. A killed runner leaves its functions behind (they
+/// are its children, not bound to it): they go with it, as a node crash takes every container.
+async fn runner_stopped_mid_burst(t: &Trial, signal: Signal) -> anyhow::Result<()> {
+    t.fault_mid_burst(0..t.tweets, &[], || async move {
+        let left_behind = t.pipeline.processes();
+        t.pipeline.signal(signal)?;
+        t.pipeline.wait(Duration::from_secs(40)).await?;
+        if signal == Signal::SIGKILL {
+            for (function, pids) in left_behind.iter().filter(|(f, _)| *f != "runner") {
+                for pid in pids {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+                    tracing::debug!(function, pid, "Killed a function left behind");
+                }
+            }
+        }
+        t.pipeline.restart().await
+    })
+    .await?;
+    Ok(())
+}
+
+async fn runner_down_while_written(t: &Trial) -> anyhow::Result<()> {
+    let (a, b) = thirds(t);
+    t.post(0..a).await?;
+    t.pipeline.signal(Signal::SIGTERM)?;
+    t.pipeline.wait(Duration::from_secs(40)).await?;
+    t.write_to_kafka(a..b).await?;
+    t.pipeline.restart().await?;
+    t.post(b..t.tweets).await
+}
+
+/// Every replica of `sink` SIGKILLed while deliveries to it are in flight; the runner must
+/// replace them (its `exit` event for each, then a replica ready that is none of them).
+async fn sink_killed_mid_burst(t: &Trial, sink: &str) -> anyhow::Result<()> {
+    let killed = std::sync::Mutex::new(Vec::new());
+    let record = &killed;
+    let fired = t
+        .fault_mid_burst(0..t.tweets, &[sink], || async move {
+            record
+                .lock()
+                .expect("killed lock")
+                .extend(t.pipeline.processes().remove(sink).unwrap_or_default());
+            t.pipeline.signal_function(sink, Signal::SIGKILL)
+        })
+        .await?;
+    if fired {
+        t.state.wait_delivered(Duration::from_secs(180)).await?;
+        let killed = killed.into_inner().expect("killed lock");
+        t.check(replaced(&t.pipeline.events()?, sink, &killed), || {
+            format!(
+                "the runner's events show no exit of {sink} {killed:?} (signal 9) and a new replica ready"
+            )
+        });
+    }
+    Ok(())
+}
+
+/// Whether `events` show each of `killed` exit by SIGKILL and, after, a replica of `function`
+/// ready that is none of them.
+fn replaced(events: &[ScaleEvent], function: &str, killed: &[u32]) -> bool {
+    let ours = |e: &&ScaleEvent| e.function == function;
+    let exits: Vec<usize> = killed
+        .iter()
+        .filter_map(|pid| {
+            events.iter().position(|e| {
+                ours(&e) && e.event == EventKind::Exit && e.pid == Some(*pid) && e.signal == Some(9)
+            })
+        })
+        .collect();
+    let Some(last_exit) = exits.iter().max() else { return false };
+    exits.len() == killed.len()
+        && events[*last_exit..]
+            .iter()
+            .filter(ours)
+            .any(|e| e.event == EventKind::Ready && e.pid.is_some_and(|pid| !killed.contains(&pid)))
+}
+
+/// A store SIGKILLed (then started again) or frozen (then SIGCONT) while deliveries to its
+/// `sink` are in flight, for the outage; in always-on the sink must have felt it (answered 503, in the
+/// runner's metrics).
+async fn store_down(t: &Trial, service: Service, sink: &str, signal: Signal) -> anyhow::Result<()> {
+    let (_, b) = thirds(t);
+    t.fault_mid_burst(0..b, &[sink], || async move {
+        t.services.signal(service, signal)?;
+        tokio::time::sleep(t.outage).await;
+        match signal {
+            Signal::SIGSTOP => t.services.signal(service, Signal::SIGCONT),
+            _ => t.services.start(service).await,
+        }
+    })
+    .await?;
+    t.post(b..t.tweets).await?;
+    let refused = match t.metrics().await {
+        Some(m) => m.sum("weather_runner_requests_total", &[("service", sink), ("status", "503")]),
+        None => 0.0,
+    };
+    // Scale-to-zero: a replica started while the store is frozen is not ready until it can reach
+    // the store, so the outage may show only as deliveries held at the activator, not as 503s.
+    // The audit still checks that nothing was lost or counted twice.
+    if t.variant.mode == Mode::AlwaysOn {
+        t.check(refused > 0.0, || format!("{sink} never answered 503, so the outage was not felt"));
+    }
+    Ok(())
+}
+
+/// Kafka SIGKILLed (started again after `down`) or frozen for `down`, mid-burst: ingest cannot
+/// write meanwhile and answers 503 (not stored) or 504 (outcome unknown); the client retries.
+async fn kafka_down(t: &Trial, signal: Signal, down: Duration) -> anyhow::Result<()> {
+    let (_, b) = thirds(t);
+    t.fault_mid_burst(0..b, &[], || async move {
+        t.services.signal(Service::Kafka, signal)?;
+        tokio::time::sleep(down).await;
+        match signal {
+            Signal::SIGSTOP => t.services.signal(Service::Kafka, Signal::SIGCONT),
+            _ => t.services.start(Service::Kafka).await,
+        }
+    })
+    .await?;
+    t.post(b..t.tweets).await
+}
+
+/// Records that are not tweets between two bursts: each of the two KafkaSources dead-letters
+/// each — unless Kafka refuses the letter for good (too large), which the runner must count
+/// and skip.
+async fn poison(t: &Trial, records: &[Vec<u8>]) -> anyhow::Result<()> {
+    let (a, _) = thirds(t);
+    t.post(0..a).await?;
+    t.write_raw(records).await?;
+    t.post(a..t.tweets).await?;
+    t.state.wait_delivered(Duration::from_secs(180)).await?;
+    let oversized = records.iter().any(|r| r.len() > 1_000_000);
+    let letters = if oversized { 0 } else { 2 * records.len() as i64 };
+    let dead = t.state.snapshot().await?.dead_lettered;
+    t.check(dead == letters, || format!("{dead} dead letters, expected {letters}"));
+    if oversized {
+        let refused = match t.metrics().await {
+            Some(m) => m.sum("weather_dead_letters_refused_total", &[]),
+            None => 0.0,
+        };
+        t.check(refused == 2.0, || format!("weather_dead_letters_refused_total is {refused}, expected 2"));
+    }
+    Ok(())
+}
+
+/// Redis down past the retry budget: every delivery of the burst is dead-lettered; Redis back,
+/// the letters replayed once apply, replayed again change nothing.
+async fn outage_past_budget_then_replay(t: &Trial) -> anyhow::Result<()> {
+    let (_, b) = thirds(t);
+    let fired =
+        t.fault_mid_burst(0..b, &["counter"], || async move {
+            t.services.signal(Service::Redis, Signal::SIGKILL)
+        })
+        .await?;
+    // Every record of the burst is past its budget once the topic is committed.
+    t.state.wait_delivered(Duration::from_secs(120)).await?;
+    if fired {
+        t.services.start(Service::Redis).await?;
+    }
+    t.post(b..t.tweets).await?;
+    t.state.wait_delivered(Duration::from_secs(120)).await?;
+    let dead = t.state.snapshot().await?.dead_lettered;
+    let replay = ReplayArgs {
+        out: t.out.clone(),
+        sinks: t.pipeline.sinks()?,
+        rewrite: vec![],
+        attempts: 5,
+        dead_letter_topic: None,
+    };
+    let brokers = &t.pipeline.stack.kafka_brokers;
+    let first = replay::run(brokers, &t.state.dead_letters, &replay).await?;
+    t.replayed(first.applied);
+    let counted = t.state.counted().await?;
+    let second = replay::run(brokers, &t.state.dead_letters, &replay).await?;
+    t.check(dead > 0, || "nothing was dead-lettered: the outage did not outlast the budget".into());
+    t.check(first.ok(), || format!("first replay: {first:?}"));
+    t.check(second.applied == 0, || format!("a second replay applied {} letters", second.applied));
+    t.check(t.state.counted().await? == counted, || "a second replay changed the counts".into());
+    Ok(())
+}
+
+/// One tweet posted three times with one key (with producer frozen before the second when
+/// `producer_stopped`: that answer is not a 202, and the key's next tries are); every 202
+/// carries the same id, and the audit finds it counted and archived once.
+async fn idempotency_key(t: &Trial, producer_stopped: bool) -> anyhow::Result<()> {
+    let key = t.key(0).expect("a keyed row");
+    let first = t.post_once(0, Some(&key)).await?;
+    if producer_stopped {
+        t.pipeline.signal_function("producer", Signal::SIGSTOP)?;
+        let during = t.post_once(0, Some(&key)).await;
+        t.pipeline.signal_function("producer", Signal::SIGCONT)?;
+        let during = during?;
+        t.check(during.0 != 202, || format!("with producer stopped ingest answered {}", during.0));
+    }
+    let answers = [first, t.post_once(0, Some(&key)).await?, t.post_once(0, Some(&key)).await?];
+    t.check(answers.iter().all(|(s, _)| *s == 202), || format!("answers {answers:?}"));
+    t.check(answers.iter().all(|(_, id)| *id == answers[0].1), || format!("ids differ: {answers:?}"));
+    t.post(1..(t.tweets / 3).max(2)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(event: EventKind, function: &str, pid: u32, signal: Option<i32>) -> ScaleEvent {
+        let json = serde_json::json!({"t_ms": 1, "event": event, "function": function, "pid": pid});
+        ScaleEvent { signal, ..serde_json::from_value(json).unwrap() }
+    }
+
+    #[test]
+    fn a_killed_replica_is_replaced_when_the_events_say_so() {
+        let exit = |pid| event(EventKind::Exit, "counter", pid, Some(9));
+        let ready = |pid| event(EventKind::Ready, "counter", pid, None);
+        let cases: [(&str, Vec<ScaleEvent>, bool); 5] = [
+            ("exit then a new replica", vec![ready(1), exit(1), ready(2)], true),
+            ("no exit event", vec![ready(1), ready(2)], false),
+            ("exited, never replaced", vec![ready(1), exit(1)], false),
+            ("replaced before it exited", vec![ready(1), ready(2), exit(1)], false),
+            (
+                "exited on its own, not killed",
+                vec![ready(1), event(EventKind::Exit, "counter", 1, None), ready(2)],
+                false,
+            ),
+        ];
+        for (case, events, expected) in cases {
+            assert_eq!(replaced(&events, "counter", &[1]), expected, "{case}");
+        }
+        let other = vec![exit(1), event(EventKind::Ready, "archiver", 2, None)];
+        assert!(!replaced(&other, "counter", &[1]), "another function's replica");
+        assert!(!replaced(&[], "counter", &[]), "nothing killed");
+    }
+
+    #[test]
+    fn every_scenario_has_rows_and_outages_run_in_both_modes() {
+        use clap::ValueEnum;
+        for scenario in Scenario::value_variants() {
+            let rows = scenario.variants();
+            assert!(!rows.is_empty(), "{scenario}");
+            assert!(rows.iter().all(|r| r.scenario == *scenario));
+        }
+        for outage in [Scenario::RedisSigkill, Scenario::MongodbSigstop, Scenario::KafkaSigstop] {
+            let modes: Vec<Mode> = outage.variants().iter().map(|r| r.mode).collect();
+            assert!(modes.contains(&Mode::AlwaysOn) && modes.contains(&Mode::ScaleToZero), "{outage}");
+        }
+        assert_eq!(Scenario::RedisSigkill.to_string(), "redis-sigkill");
+        assert_eq!(
+            serde_json::to_value(Scenario::OutagePastBudgetThenReplay).unwrap(),
+            "outage-past-budget-then-replay"
+        );
+    }
+}
