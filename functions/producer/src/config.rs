@@ -28,6 +28,10 @@ pub struct Config {
     /// ingest never answers 503 for a tweet Kafka may still take.
     #[arg(long, env = "KAFKA_QUEUE_TIMEOUT_MS", default_value_t = 2_000)]
     pub queue_timeout_ms: u64,
+    /// librdkafka's debug contexts (`eos,msg,broker`…), logged under the `rdkafka` target at
+    /// debug level (`RUST_LOG=info,rdkafka=debug`): to see why Kafka is not taking tweets.
+    #[arg(long, env = "KAFKA_DEBUG")]
+    pub kafka_debug: Option<String>,
     /// The CloudEvents `source` attribute of every tweet event.
     #[arg(long, env = "EVENT_SOURCE", default_value = "/weather-tweets/producer")]
     pub event_source: String,

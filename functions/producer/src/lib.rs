@@ -80,6 +80,9 @@ pub fn client_config(config: &Config) -> ClientConfig {
         .set("linger.ms", config.linger_ms.to_string())
         .set("message.timeout.ms", config.message_timeout_ms.to_string())
         .set("compression.type", "lz4");
+    if let Some(contexts) = &config.kafka_debug {
+        client.set("debug", contexts);
+    }
     client
 }
 

@@ -7,7 +7,7 @@ use common::event::Received;
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
-    error::KafkaError,
+    error::{KafkaError, RDKafkaErrorCode},
     message::BorrowedMessage,
 };
 use std::{
@@ -79,9 +79,12 @@ pub fn lag(brokers: &str, topic: &str, groups: &[String]) -> anyhow::Result<i64>
 pub fn stable(brokers: &str, groups: &[String]) -> anyhow::Result<bool> {
     let consumer = consumer(brokers, None)?;
     for group in groups {
-        let list = consumer
-            .fetch_group_list(Some(group), TIMEOUT)
-            .with_context(|| format!("describing group {group}"))?;
+        let list = match consumer.fetch_group_list(Some(group), TIMEOUT) {
+            Ok(list) => list,
+            // A coordinator still loading its groups (Kafka just started): not stable yet.
+            Err(KafkaError::GroupListFetch(RDKafkaErrorCode::CoordinatorLoadInProgress)) => return Ok(false),
+            Err(e) => return Err(e).with_context(|| format!("describing group {group}")),
+        };
         if !list.groups().iter().any(|g| g.state() == "Stable" && !g.members().is_empty()) {
             return Ok(false);
         }

@@ -130,6 +130,7 @@ impl RunningProducer {
             linger_ms: 1,
             message_timeout_ms,
             queue_timeout_ms: 1_000,
+            kafka_debug: None,
             event_source: "/it/producer".into(),
         };
         let publisher = Publisher::new(&config).expect("a Kafka producer");

@@ -22,6 +22,7 @@ fn config(kafka_brokers: &str, topic: &str, message_timeout_ms: u64) -> Config {
         linger_ms: 1,
         message_timeout_ms,
         queue_timeout_ms: 1_000,
+        kafka_debug: None,
         event_source: "/it/producer".into(),
     }
 }
