@@ -25,7 +25,8 @@ IMAGE = "ghcr.io/weather-tweets/{}:0.1.0"
 # Read by every function but deliberately not set: Knative sets PORT (to the container port),
 # HOST's default 0.0.0.0 is right inside a pod, RUST_LOG (read by telemetry.rs, not clap)
 # defaults to info.
-LEFT_AT_DEFAULT = {"PORT", "HOST", "RUST_LOG"}
+# Knative sets PORT; HOST, RUST_LOG and KAFKA_DEBUG (librdkafka debug contexts) are for troubleshooting.
+LEFT_AT_DEFAULT = {"PORT", "HOST", "RUST_LOG", "KAFKA_DEBUG"}
 SECRETS = {"ingest": {"REDIS_URL"}, "counter": {"REDIS_URL"}, "archiver": {"MONGODB_URI"}}
 
 
