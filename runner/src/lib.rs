@@ -240,6 +240,15 @@ pub struct Options {
     /// retry budget with it to reach the dead-letter sink in seconds.
     #[arg(long, env = "RUNNER_BACKOFF_DELAY_MS")]
     pub backoff_delay_ms: Option<u64>,
+    /// Records a KafkaSource reads ahead of a partition's deliveries; when they are behind by
+    /// more, the partition is paused (and resumed once half are delivered), so the consumer
+    /// keeps polling whatever a sink does.
+    #[arg(long, env = "RUNNER_READ_AHEAD", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub read_ahead: u32,
+    /// The KafkaSources' `max.poll.interval.ms` (librdkafka's default, 300 s, when not given):
+    /// tests shorten it to show that a stalled sink does not make a consumer leave its group.
+    #[arg(long, env = "RUNNER_MAX_POLL_INTERVAL_MS")]
+    pub max_poll_interval_ms: Option<u64>,
 }
 
 impl Options {
@@ -396,7 +405,11 @@ impl Runner {
                 sink_url,
                 entrance,
                 producer.clone(),
-                self.options.deliveries,
+                source::Settings {
+                    deliveries: self.options.deliveries,
+                    read_ahead: self.options.read_ahead as usize,
+                    max_poll_interval: self.options.max_poll_interval_ms.map(Duration::from_millis),
+                },
                 stop.clone(),
             )?);
         }

@@ -62,6 +62,14 @@ pub struct SourceLabels {
     pub source: String,
 }
 
+/// One partition a KafkaSource reads: `topic` is one of its topics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub source: String,
+    pub topic: String,
+    pub partition: i32,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceStatus {
     pub service: String,
@@ -85,6 +93,9 @@ pub struct Metrics {
     pub activator_requests: Family<ServiceStatus, Counter>,
     pub activator_duration: Family<ServiceLabels, Histogram>,
     pub deliveries_in_flight: Family<SourceLabels, Gauge>,
+    pub partitions_paused: Family<SourceLabels, Gauge>,
+    pub rebalances: Family<SourceLabels, Counter>,
+    pub dead_letter_waiting: Family<PartitionLabels, Gauge>,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -114,6 +125,9 @@ impl Metrics {
             activator_requests: Family::default(),
             activator_duration: Family::new_with_constructor(latency),
             deliveries_in_flight: Family::default(),
+            partitions_paused: Family::default(),
+            rebalances: Family::default(),
+            dead_letter_waiting: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -163,7 +177,7 @@ impl Metrics {
         );
         registry.register(
             "weather_dead_letters_refused",
-            "Records skipped because Kafka refused their dead letter for good (runner)",
+            "Records skipped because Kafka refused even their letter without data (runner)",
             m.dead_letters_refused.clone(),
         );
         registry.register(
@@ -190,6 +204,21 @@ impl Metrics {
             "weather_runner_deliveries_in_flight",
             "Deliveries a KafkaSource is sending to its sink now, waiting for a replica included (runner)",
             m.deliveries_in_flight.clone(),
+        );
+        registry.register(
+            "weather_runner_partitions_paused",
+            "Partitions a KafkaSource paused because their deliveries are behind (runner)",
+            m.partitions_paused.clone(),
+        );
+        registry.register(
+            "weather_runner_rebalances",
+            "Times a KafkaSource's consumer lost its partitions to a rebalance (runner)",
+            m.rebalances.clone(),
+        );
+        registry.register(
+            "weather_runner_dead_letter_waiting_offset",
+            "Offset of a record whose dead letter Kafka refuses, so its partition waits (runner)",
+            m.dead_letter_waiting.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -87,7 +87,7 @@ impl Dispatcher {
             .map(|binary| self.with_source_headers(binary))
             .map_err(|e| e.to_string());
         let span = self.receive_span(&message);
-        for _ in 0..self.deliveries {
+        for _ in 0..self.settings.deliveries {
             match self.deliver(&request, &span).instrument(span.clone()).await {
                 Sent::Delivered => {}
                 Sent::Failed(failure) => return self.dead_letter(&message, failure).await,

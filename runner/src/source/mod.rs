@@ -3,12 +3,18 @@
 //! or up to [`UNORDERED_IN_FLIGHT`] at once for `ordering: unordered` — and store a partition's
 //! offset only once every record before it has an [`Outcome`] other than stopped (librdkafka
 //! then commits stored offsets every second).
+//!
+//! A partition whose deliveries fall behind by more than the read-ahead ([`Settings`]) is
+//! paused, not waited for: the consumer goes on polling, so a sink down for longer than
+//! `max.poll.interval.ms` (a delivery may wait out an 11-minute retry budget) does not make
+//! librdkafka leave the group — which would hand the partitions to a rebalance and redeliver
+//! everything in flight — and the other partitions flow on.
 
 mod dead_letter;
 mod dispatch;
 pub mod retry;
 
-pub use dead_letter::refused_for_good;
+pub use dead_letter::{DATA_DROPPED_EXTENSION, Refusal, refusal};
 
 use crate::activator::Entrance;
 use crate::manifests::{KafkaSource, Ordering};
@@ -21,20 +27,23 @@ use hyper::{
 };
 use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::{
-    ClientConfig, Message, Offset, TopicPartitionList,
-    consumer::{CommitMode, Consumer, StreamConsumer},
+    ClientConfig, ClientContext, Message, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     message::OwnedMessage,
     producer::FutureProducer,
 };
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };
-use tokio::{sync::mpsc, sync::watch, task::JoinHandle};
+use tokio::{
+    sync::{mpsc, mpsc::error::TrySendError, watch},
+    task::JoinHandle,
+};
 
 /// Events in flight per partition for `ordering: unordered` (Knative's `max.poll.records`).
 pub const UNORDERED_IN_FLIGHT: usize = 50;
@@ -50,17 +59,49 @@ pub enum Outcome {
     /// A delivery failed for good and the dead letter is written.
     DeadLettered,
     /// A delivery failed for good and no dead letter could be written: there is no dead-letter
-    /// sink, or Kafka refuses the dead letter for good, or it cannot be encoded. Logged; the
-    /// partition flows on, as on Knative.
+    /// sink, Kafka refuses even the letter without its data, or it cannot be encoded. Logged;
+    /// the partition flows on, as on Knative.
     Dropped,
     /// Shutdown came first: the record is read again after a restart.
     Stopped,
 }
 
+/// How a source reads, beyond its manifest.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Deliver every event this many times (`--deliveries`).
+    pub deliveries: u32,
+    /// Records read ahead of a partition's deliveries; one more pauses the partition.
+    pub read_ahead: usize,
+    /// librdkafka's `max.poll.interval.ms` (its default, 300 s, when none).
+    pub max_poll_interval: Option<Duration>,
+}
+
+/// The consumer's own context: counts the partitions it loses to rebalances.
+pub struct SourceContext {
+    rebalances: prometheus_client::metrics::counter::Counter,
+}
+
+impl ClientContext for SourceContext {}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance
+            && partitions.count() > 0
+        {
+            tracing::warn!(partitions = partitions.count(), "Partitions revoked (a rebalance)");
+            self.rebalances.inc();
+        }
+    }
+}
+
+type Kafka = StreamConsumer<SourceContext>;
+type Partition = (String, i32);
+
 /// A running source.
 pub struct Source {
     pub name: String,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<Kafka>,
     topics: Vec<String>,
     progress: Arc<Progress>,
     task: JoinHandle<()>,
@@ -70,9 +111,9 @@ pub struct Source {
 #[derive(Default)]
 pub struct Progress {
     /// Next offset to deliver, per (topic, partition): everything before it is done.
-    next: Mutex<HashMap<(String, i32), i64>>,
+    next: Mutex<HashMap<Partition, i64>>,
     pub dead_lettered: AtomicU64,
-    /// Dead letters Kafka refused for good (skipped).
+    /// Records skipped because Kafka refused even their letter without data.
     pub refused: AtomicU64,
     /// Deliveries being sent to the sink now (also `weather_runner_deliveries_in_flight`).
     pub in_flight: AtomicU64,
@@ -113,11 +154,12 @@ struct Dispatcher {
     send_name: String,
     entrance: Entrance,
     producer: FutureProducer,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<Kafka>,
     progress: Arc<Progress>,
-    /// `weather_runner_deliveries_in_flight` of this source.
+    /// `weather_runner_deliveries_in_flight` and `weather_runner_partitions_paused` of this source.
     in_flight: Gauge,
-    deliveries: u32,
+    paused: Gauge,
+    settings: Settings,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -154,14 +196,18 @@ impl Source {
         sink_url: String,
         entrance: Entrance,
         producer: FutureProducer,
-        deliveries: u32,
+        settings: Settings,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Source> {
-        let consumer: Arc<StreamConsumer> = Arc::new(
-            consumer_config(brokers, &source.consumer_group, &source.initial_offset)
-                .create()
-                .context("creating the Kafka consumer")?,
-        );
+        let metrics = common::metrics::get();
+        let labels = SourceLabels { source: source.name.clone() };
+        let mut config = consumer_config(brokers, &source.consumer_group, &source.initial_offset);
+        if let Some(interval) = settings.max_poll_interval {
+            config.set("max.poll.interval.ms", interval.as_millis().to_string());
+        }
+        let context = SourceContext { rebalances: metrics.rebalances.get_or_create(&labels).clone() };
+        let consumer: Arc<Kafka> =
+            Arc::new(config.create_with_context(context).context("creating the Kafka consumer")?);
         let topics: Vec<&str> = source.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).context("subscribing")?;
         let progress = Arc::new(Progress::default());
@@ -186,11 +232,9 @@ impl Source {
             producer,
             consumer: consumer.clone(),
             progress: progress.clone(),
-            in_flight: common::metrics::get()
-                .deliveries_in_flight
-                .get_or_create(&SourceLabels { source: source.name.clone() })
-                .clone(),
-            deliveries,
+            in_flight: metrics.deliveries_in_flight.get_or_create(&labels).clone(),
+            paused: metrics.partitions_paused.get_or_create(&labels).clone(),
+            settings,
             shutdown,
             source: source.clone(),
         });
@@ -240,15 +284,27 @@ impl Source {
 }
 
 impl Dispatcher {
-    /// Reads records and hands each to its partition's worker, which keeps the partition's order.
+    /// Reads records and hands each to its partition's worker, which keeps the partition's
+    /// order. A worker whose read-ahead is full gets no more: its partition is paused, and the
+    /// record that did not fit is held here (with any that librdkafka had already fetched) until
+    /// half the read-ahead is free; then the partition resumes from the record after the last
+    /// one read.
     async fn poll(self: Arc<Self>) {
-        let mut workers: HashMap<(String, i32), (mpsc::Sender<OwnedMessage>, JoinHandle<()>)> =
-            HashMap::new();
+        let mut workers: HashMap<Partition, (mpsc::Sender<OwnedMessage>, JoinHandle<()>)> = HashMap::new();
+        let mut held: HashMap<Partition, VecDeque<OwnedMessage>> = HashMap::new();
         let mut shutdown = self.shutdown.clone();
+        let mut hand_over = tokio::time::interval(Duration::from_millis(50));
         loop {
             let message = tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => break,
                 m = self.consumer.recv() => m,
+                _ = hand_over.tick(), if !held.is_empty() => {
+                    held.retain(|partition, records| {
+                        let (tx, _) = &workers[partition];
+                        !self.hand_over(partition, tx, records)
+                    });
+                    continue;
+                }
             };
             let message = match message {
                 Ok(m) => m.detach(),
@@ -258,18 +314,80 @@ impl Dispatcher {
                     continue;
                 }
             };
-            let key = (message.topic().to_owned(), message.partition());
-            let (tx, _) = workers.entry(key).or_insert_with(|| {
-                let (tx, rx) = mpsc::channel(1024);
+            let partition = (message.topic().to_owned(), message.partition());
+            let (tx, _) = workers.entry(partition.clone()).or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(self.settings.read_ahead);
                 (tx, tokio::spawn(self.clone().work(rx)))
             });
-            if tx.send(message).await.is_err() {
-                break;
+            if let Some(records) = held.get_mut(&partition) {
+                // Fetched before the pause took effect, or the partition assigned again by a
+                // rebalance (which resumes it): behind the held ones, and paused (again).
+                records.push_back(message);
+                self.pause(&partition, false);
+                continue;
             }
+            match tx.try_send(message) {
+                Ok(()) => {}
+                Err(TrySendError::Full(message)) => {
+                    self.pause(&partition, true);
+                    held.insert(partition, VecDeque::from([message]));
+                }
+                Err(TrySendError::Closed(_)) => break,
+            }
+        }
+        for records in held.values() {
+            tracing::info!(source = %self.source.name, records = records.len(), "Held records left unread; they are read again after a restart");
         }
         for (_, (tx, handle)) in workers {
             drop(tx);
             let _ = handle.await;
+        }
+    }
+
+    /// Hands `records`, held while `partition` was paused, to its worker once half its
+    /// read-ahead is free (so a slow partition is not paused and resumed for every record) and
+    /// resumes the partition when all are handed over: whether it was.
+    fn hand_over(
+        &self,
+        partition: &Partition,
+        tx: &mpsc::Sender<OwnedMessage>,
+        records: &mut VecDeque<OwnedMessage>,
+    ) -> bool {
+        if tx.capacity() < tx.max_capacity().div_ceil(2) {
+            return false;
+        }
+        while let Some(record) = records.pop_front() {
+            match tx.try_send(record) {
+                Ok(()) => {}
+                Err(TrySendError::Full(record)) => {
+                    records.push_front(record);
+                    return false;
+                }
+                // The worker ended (shutdown): the records are read again after a restart.
+                Err(TrySendError::Closed(_)) => return true,
+            }
+        }
+        let (topic, number) = partition;
+        let mut list = TopicPartitionList::new();
+        list.add_partition(topic, *number);
+        if let Err(e) = self.consumer.resume(&list) {
+            tracing::warn!(source = %self.source.name, %topic, partition = number, error = %e, "Resuming the partition failed");
+        }
+        tracing::debug!(source = %self.source.name, %topic, partition = number, "Partition resumed");
+        self.paused.dec();
+        true
+    }
+
+    /// Pauses `partition` (counted in `weather_runner_partitions_paused` when `first`).
+    fn pause(&self, (topic, number): &Partition, first: bool) {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(topic, *number);
+        if let Err(e) = self.consumer.pause(&list) {
+            tracing::warn!(source = %self.source.name, %topic, partition = number, error = %e, "Pausing the partition failed");
+        }
+        if first {
+            tracing::debug!(source = %self.source.name, %topic, partition = number, "Deliveries behind: partition paused");
+            self.paused.inc();
         }
     }
 

@@ -49,6 +49,8 @@ fn options() -> Options {
         events: None,
         backoff_delay_ms: None,
         max_scale: None,
+        read_ahead: 1024,
+        max_poll_interval_ms: None,
     }
 }
 

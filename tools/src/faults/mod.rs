@@ -161,7 +161,7 @@ pub async fn run(stack: &Stack, args: &FaultArgs) -> anyhow::Result<Vec<Row>> {
 
 async fn row(stack: &Stack, args: &FaultArgs, services: &Services, variant: Variant) -> anyhow::Result<Row> {
     let out = args.out.join(variant.to_string());
-    let t = Trial::start(stack, &args.pipeline, services.clone(), variant, args.size(), out).await?;
+    let t = Trial::start(stack, args, services.clone(), variant, out).await?;
     variant.scenario.run(&t).await?;
     t.finish().await
 }

@@ -10,7 +10,10 @@ use runner::{
     events::{EventKind, ScaleEvent},
 };
 use serde::Serialize;
-use std::time::Duration;
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 /// A fault scenario, named as `tools faults <scenario>` takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, Serialize)]
@@ -48,6 +51,10 @@ pub enum Scenario {
     PoisonOversized,
     /// Redis down past the retry budget: tweets dead-lettered, then replayed exactly once.
     OutagePastBudgetThenReplay,
+    /// The same with the dead-letter topic deleted: the partitions wait until it is back.
+    DeadLetterTopicMissing,
+    /// Redis frozen past the consumer's `max.poll.interval.ms`, tweets at a steady rate.
+    RedisSigstopPastPollInterval,
     /// One tweet posted three times with one `Idempotency-Key`.
     IdempotencyKeyRetries,
     /// The key retried after producer was frozen and ingest could not answer 202.
@@ -70,19 +77,36 @@ impl Scenario {
             RedisSigkill | RedisSigstop | MongodbSigkill | MongodbSigstop | OutagePastBudgetThenReplay => {
                 &[(on, false), (zero, false)]
             }
+            DeadLetterTopicMissing | RedisSigstopPastPollInterval => &[(on, false)],
             KafkaSigkillRestart | KafkaSigstop => &[(on, false), (zero, false), (on, true)],
             IdempotencyKeyRetries | IdempotencyKeyProducerStopped => &[(on, true)],
         };
         rows.iter().map(|&(mode, keyed)| Variant { scenario: self, mode, keyed }).collect()
     }
 
-    /// The runner's arguments besides `--mode`.
-    pub fn runner_args(self) -> &'static [&'static str] {
+    /// The runner's arguments besides `--mode`, in the short version or the full one.
+    pub fn runner_args(self, short: bool) -> &'static [&'static str] {
         match self {
             Scenario::EveryEventTwice => &["--deliveries", "2"],
             // A retry budget of seconds (50 ms linear backoff), so the outage outlasts it.
-            Scenario::OutagePastBudgetThenReplay => &["--backoff-delay-ms", "50"],
+            Scenario::OutagePastBudgetThenReplay | Scenario::DeadLetterTopicMissing => {
+                &["--backoff-delay-ms", "50"]
+            }
+            // Short: a poll interval of 10 s (librdkafka's minimum is the 6 s session) and a
+            // read-ahead of 16, so 22 s of freeze at 40 tweets/s outgrow both. Full: the
+            // defaults, 300 s and 1,024.
+            Scenario::RedisSigstopPastPollInterval if short => {
+                &["--max-poll-interval-ms", "10000", "--read-ahead", "16"]
+            }
             _ => &[],
+        }
+    }
+
+    /// Tweets a second when the scenario posts at a steady rate.
+    pub fn pace(self, short: bool) -> Option<u32> {
+        match self {
+            Scenario::RedisSigstopPastPollInterval => Some(if short { 40 } else { 25 }),
+            _ => None,
         }
     }
 
@@ -113,6 +137,8 @@ impl Scenario {
             }
             PoisonOversized => poison(t, &[vec![b'x'; 1_000_200]]).await,
             OutagePastBudgetThenReplay => outage_past_budget_then_replay(t).await,
+            DeadLetterTopicMissing => dead_letter_topic_missing(t).await,
+            RedisSigstopPastPollInterval => redis_frozen_past_poll_interval(t).await,
             IdempotencyKeyRetries => idempotency_key(t, false).await,
             IdempotencyKeyProducerStopped => idempotency_key(t, true).await,
         }
@@ -254,25 +280,21 @@ async fn kafka_down(t: &Trial, signal: Signal, down: Duration) -> anyhow::Result
 }
 
 /// Records that are not tweets between two bursts: each of the two KafkaSources dead-letters
-/// each — unless Kafka refuses the letter for good (too large), which the runner must count
-/// and skip.
+/// each — a letter too large for Kafka without its data, none skipped.
 async fn poison(t: &Trial, records: &[Vec<u8>]) -> anyhow::Result<()> {
     let (a, _) = thirds(t);
     t.post(0..a).await?;
     t.write_raw(records).await?;
     t.post(a..t.tweets).await?;
     t.state.wait_delivered(Duration::from_secs(180)).await?;
-    let oversized = records.iter().any(|r| r.len() > 1_000_000);
-    let letters = if oversized { 0 } else { 2 * records.len() as i64 };
+    let letters = 2 * records.len() as i64;
     let dead = t.state.snapshot().await?.dead_lettered;
     t.check(dead == letters, || format!("{dead} dead letters, expected {letters}"));
-    if oversized {
-        let refused = match t.metrics().await {
-            Some(m) => m.sum("weather_dead_letters_refused_total", &[]),
-            None => 0.0,
-        };
-        t.check(refused == 2.0, || format!("weather_dead_letters_refused_total is {refused}, expected 2"));
-    }
+    let refused = match t.metrics().await {
+        Some(m) => m.sum("weather_dead_letters_refused_total", &[]),
+        None => f64::NAN,
+    };
+    t.check(refused == 0.0, || format!("weather_dead_letters_refused_total is {refused}, expected 0"));
     Ok(())
 }
 
@@ -291,6 +313,48 @@ async fn outage_past_budget_then_replay(t: &Trial) -> anyhow::Result<()> {
         t.services.start(Service::Redis).await?;
     }
     t.post(b..t.tweets).await?;
+    replay_letters(t).await
+}
+
+/// The dead-letter topic deleted, then Redis SIGKILLed mid-burst with a retry budget of
+/// seconds: counter's deliveries fail for good while Kafka refuses their letters (unknown
+/// topic). Each partition must wait at its first such record — the runner's
+/// `weather_runner_dead_letter_waiting_offset` names it — and commit nothing past it; the topic
+/// re-created and Redis back, the letters are written and replayed, and every tweet is
+/// counted once.
+async fn dead_letter_topic_missing(t: &Trial) -> anyhow::Result<()> {
+    let (a, b) = thirds(t);
+    let brokers = &t.pipeline.stack.kafka_brokers;
+    let topic = t.state.dead_letters.clone();
+    t.post(0..a).await?;
+    crate::state::kafka::delete_topic(brokers, &topic).await?;
+    let fired =
+        t.fault_mid_burst(a..b, &["counter"], || async move {
+            t.services.signal(Service::Redis, Signal::SIGKILL)
+        })
+        .await?;
+    let mut waiting = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while fired && waiting.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Some(m) = t.metrics().await {
+            waiting = m.by("weather_runner_dead_letter_waiting_offset", "partition", &[]);
+        }
+    }
+    t.check(!fired || !waiting.is_empty(), || {
+        "no partition waited for its dead letter while the dead-letter topic was missing".into()
+    });
+    runner::create_topics(brokers, std::slice::from_ref(&topic)).await?;
+    if fired {
+        t.services.start(Service::Redis).await?;
+    }
+    t.post(b..t.tweets).await?;
+    replay_letters(t).await
+}
+
+/// Waits until every record is delivered or dead-lettered, replays the letters (they must all
+/// apply, and some must exist), then replays again: that changes nothing.
+async fn replay_letters(t: &Trial) -> anyhow::Result<()> {
     t.state.wait_delivered(Duration::from_secs(120)).await?;
     let dead = t.state.snapshot().await?.dead_lettered;
     let replay = ReplayArgs {
@@ -309,6 +373,45 @@ async fn outage_past_budget_then_replay(t: &Trial) -> anyhow::Result<()> {
     t.check(first.ok(), || format!("first replay: {first:?}"));
     t.check(second.applied == 0, || format!("a second replay applied {} letters", second.applied));
     t.check(t.state.counted().await? == counted, || "a second replay changed the counts".into());
+    Ok(())
+}
+
+/// Redis frozen for longer than the consumer's `max.poll.interval.ms` (plus the outage) while
+/// tweets arrive at a steady rate: counter's partitions fall further behind than the
+/// read-ahead, and the source must pause them and go on polling. Checked: partitions paused
+/// during the freeze, no rebalance (`weather_runner_rebalances_total` 0), every record
+/// delivered within 2 minutes of the burst's end; the audit, nothing lost or doubled.
+async fn redis_frozen_past_poll_interval(t: &Trial) -> anyhow::Result<()> {
+    let poll_interval = Duration::from_secs(if t.short { 10 } else { 300 });
+    let freeze = poll_interval + t.outage;
+    let rate = t.variant.scenario.pace(t.short).expect("a paced scenario");
+    // The burst goes on for 10 s after Redis is back.
+    let tweets = (freeze + Duration::from_secs(10)).as_secs() as usize * rate as usize;
+    let paused = std::sync::Mutex::new(0.0);
+    let record = &paused;
+    let fired = t
+        .fault_mid_burst(0..tweets, &["counter"], || async move {
+            t.services.signal(Service::Redis, Signal::SIGSTOP)?;
+            tokio::time::sleep(freeze).await;
+            if let Some(m) = t.metrics().await {
+                *record.lock().expect("paused lock") = m.sum("weather_runner_partitions_paused", &[]);
+            }
+            t.services.signal(Service::Redis, Signal::SIGCONT)
+        })
+        .await?;
+    let delivered = t.state.wait_delivered(Duration::from_secs(120)).await;
+    t.check(delivered.is_ok(), || {
+        format!("not delivered within 2 minutes of the burst's end: {delivered:?}")
+    });
+    let rebalances = match t.metrics().await {
+        Some(m) => m.sum("weather_runner_rebalances_total", &[]),
+        None => f64::NAN,
+    };
+    let paused = paused.into_inner().expect("paused lock");
+    t.check(!fired || paused > 0.0, || {
+        format!("no partition was paused at the end of the freeze ({paused})")
+    });
+    t.check(rebalances == 0.0, || format!("the consumers lost their partitions {rebalances} times"));
     Ok(())
 }
 

@@ -2,10 +2,10 @@
 //! `Idempotency-Key`, in keyed rows) and keeps every request in a [`Ledger`], faults injected
 //! while deliveries are in flight, and the audit at the end.
 
-use super::{Row, Variant, services::Services};
+use super::{FaultArgs, Row, Variant, services::Services};
 use crate::{
     audit::{self, Audit, Ledger, Outcome, Request},
-    pipeline::{Pipeline, PipelineArgs},
+    pipeline::Pipeline,
     scrape::Scrape,
     state::State,
 };
@@ -49,6 +49,10 @@ pub struct Trial {
     /// Tweets a scenario posts, and how long a store stays down.
     pub tweets: usize,
     pub outage: Duration,
+    /// The short version (`--short`).
+    pub short: bool,
+    /// Tweets a second when the scenario posts at a steady rate (else as fast as 16 clients go).
+    pace: Option<u32>,
     /// Where the row's own files go (a replay's log).
     pub out: PathBuf,
     client: reqwest::Client,
@@ -61,20 +65,20 @@ pub struct Trial {
 impl Trial {
     pub async fn start(
         stack: &Stack,
-        pipeline: &PipelineArgs,
+        args: &FaultArgs,
         services: Services,
         variant: Variant,
-        (tweets, outage): (usize, Duration),
         out: PathBuf,
     ) -> anyhow::Result<Trial> {
+        let (tweets, outage) = args.size();
         let run_id = format!("f{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
         let stack = Stack { run_id: Some(run_id), ..stack.clone() };
         let state = State::new(&stack)?;
         state.reset().await?;
         let mode = variant.mode.to_string();
-        let mut args = vec!["--mode", mode.as_str()];
-        args.extend(variant.scenario.runner_args());
-        let pipeline = Pipeline::start(&stack, pipeline, &args).await?;
+        let mut runner_args = vec!["--mode", mode.as_str()];
+        runner_args.extend(variant.scenario.runner_args(args.short));
+        let pipeline = Pipeline::start(&stack, &args.pipeline, &runner_args).await?;
         Ok(Trial {
             state,
             pipeline,
@@ -83,6 +87,8 @@ impl Trial {
             variant,
             tweets,
             outage,
+            short: args.short,
+            pace: variant.scenario.pace(args.short),
             out,
             client: reqwest::Client::builder().timeout(Duration::from_secs(20)).build()?,
             replayed: AtomicU64::new(0),
@@ -111,13 +117,19 @@ impl Trial {
         self.variant.keyed.then(|| format!("{}-{i}", self.run_id()))
     }
 
-    /// Posts tweets `range`, 16 at a time, each until it is accepted (for up to 3 minutes):
-    /// after a 503 or 429 (not stored), a 504 or other 5xx (outcome unknown) or no answer it is
-    /// sent again — a new request in keyless rows, the same key in keyed ones; any other 4xx
-    /// fails the row.
+    /// Posts tweets `range`, 16 at a time (or at the scenario's steady rate), each until it is
+    /// accepted (for up to 3 minutes): after a 503 or 429 (not stored), a 504 or other 5xx
+    /// (outcome unknown) or no answer it is sent again — a new request in keyless rows, the
+    /// same key in keyed ones; any other 4xx fails the row.
     pub async fn post(&self, range: Range<usize>) -> anyhow::Result<()> {
+        let (began, first) = (tokio::time::Instant::now(), range.start);
+        let clients = if self.pace.is_some() { 1024 } else { 16 };
         let results: Vec<anyhow::Result<()>> = stream::iter(range)
             .map(|i| async move {
+                if let Some(rate) = self.pace {
+                    let at = Duration::from_secs_f64((i - first) as f64 / f64::from(rate));
+                    tokio::time::sleep_until(began + at).await;
+                }
                 let key = self.key(i);
                 let deadline = Instant::now() + GIVE_UP;
                 loop {
@@ -136,7 +148,7 @@ impl Trial {
                     }
                 }
             })
-            .buffer_unordered(16)
+            .buffer_unordered(clients)
             .collect()
             .await;
         results.into_iter().collect()

@@ -6,6 +6,8 @@ use cloudevents::binding::rdkafka::MessageExt;
 use common::event::Received;
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
+    admin::{AdminClient, AdminOptions},
+    client::DefaultClientContext,
     consumer::{BaseConsumer, Consumer},
     error::{KafkaError, RDKafkaErrorCode},
     message::BorrowedMessage,
@@ -40,6 +42,21 @@ pub fn watermarks(brokers: &str, topic: &str) -> anyhow::Result<Vec<(i32, i64, i
         marks.push((p.id(), low, high));
     }
     Ok(marks)
+}
+
+/// Deletes `topic` (a fault: the runner's writes to it then fail as "unknown topic").
+pub async fn delete_topic(brokers: &str, topic: &str) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("creating a Kafka admin client")?;
+    let options = AdminOptions::new().operation_timeout(Some(TIMEOUT)).request_timeout(Some(TIMEOUT));
+    for result in
+        admin.delete_topics(&[topic], &options).await.with_context(|| format!("deleting {topic}"))?
+    {
+        result.map_err(|(topic, code)| anyhow::anyhow!("deleting topic {topic}: {code}"))?;
+    }
+    Ok(())
 }
 
 /// Records in `topic` (sum of high − low watermarks).
