@@ -13,7 +13,7 @@
 //!   ingest accepted is far too small for that.
 
 use super::{Dispatcher, Outcome, dispatch::Failure};
-use crate::record;
+use crate::{manifests::KafkaSource, record};
 use base64::Engine;
 use cloudevents::{
     Event,
@@ -48,14 +48,7 @@ impl Dispatcher {
             tracing::error!(source = %self.source.name, "No dead-letter sink: the record is dropped, as Knative does");
             return Outcome::Dropped;
         };
-        // The event as the Event path makes it, whether the deliveries were forwarded or not.
-        let mut letter = record::to_event(message, &self.source.namespace, &self.source.name);
-        letter.set_extension("knativeerrordest", self.sink_url.clone());
-        if let Some(code) = failure.code {
-            letter.set_extension("knativeerrorcode", code.to_string());
-            let data = &failure.body[..failure.body.len().min(ERROR_DATA_BYTES)];
-            letter.set_extension("knativeerrordata", base64::engine::general_purpose::STANDARD.encode(data));
-        }
+        let mut letter = letter(message, &self.source, &self.sink_url, failure.code, &failure.body);
         let waiting = PartitionLabels {
             source: self.source.name.clone(),
             topic: message.topic().to_owned(),
@@ -124,6 +117,20 @@ impl Dispatcher {
         }
         self.producer.send(out, Timeout::After(Duration::from_secs(10))).await.map(|_| ()).map_err(|(e, _)| e)
     }
+}
+
+/// The dead letter of `message`, read by `source`, whose delivery to `sink_url` failed with
+/// `code` (none: no answer) and `body`: the event as the Event path makes it (whether the
+/// deliveries were forwarded or not) with Knative's `knativeerror*` extensions.
+pub fn letter(message: &OwnedMessage, source: &KafkaSource, sink_url: &str, code: Option<u16>, body: &[u8]) -> Event {
+    let mut letter = record::to_event(message, &source.namespace, &source.name);
+    letter.set_extension("knativeerrordest", sink_url.to_owned());
+    if let Some(code) = code {
+        letter.set_extension("knativeerrorcode", code.to_string());
+        let data = &body[..body.len().min(ERROR_DATA_BYTES)];
+        letter.set_extension("knativeerrordata", base64::engine::general_purpose::STANDARD.encode(data));
+    }
+    letter
 }
 
 /// `letter` without its data, the size of what was dropped in [`DATA_DROPPED_EXTENSION`].

@@ -14,7 +14,7 @@ mod dead_letter;
 mod dispatch;
 pub mod retry;
 
-pub use dead_letter::{DATA_DROPPED_EXTENSION, Refusal, refusal};
+pub use dead_letter::{DATA_DROPPED_EXTENSION, Refusal, letter, refusal};
 
 use crate::activator::Entrance;
 use crate::manifests::{KafkaSource, Ordering};

@@ -4,7 +4,15 @@
 
 use super::{Variant, services::Service, trial::Trial};
 use crate::replay::{self, ReplayArgs};
+use cloudevents::binding::rdkafka::{FutureRecordExt, MessageRecord};
+use futures::StreamExt;
 use nix::{sys::signal::Signal, unistd::Pid};
+use rdkafka::{
+    ClientConfig, Message, Offset, TopicPartitionList,
+    consumer::{CommitMode, Consumer},
+    producer::{FutureProducer, FutureRecord},
+    util::Timeout,
+};
 use runner::{
     Mode,
     events::{EventKind, ScaleEvent},
@@ -55,6 +63,8 @@ pub enum Scenario {
     DeadLetterTopicMissing,
     /// Redis frozen past the consumer's `max.poll.interval.ms`, tweets at a steady rate.
     RedisSigstopPastPollInterval,
+    /// A backlog of dead letters (100,000 tweets, two sinks) replayed in two runs.
+    ReplayBacklog,
     /// One tweet posted three times with one `Idempotency-Key`.
     IdempotencyKeyRetries,
     /// The key retried after producer was frozen and ingest could not answer 202.
@@ -77,7 +87,7 @@ impl Scenario {
             RedisSigkill | RedisSigstop | MongodbSigkill | MongodbSigstop | OutagePastBudgetThenReplay => {
                 &[(on, false), (zero, false)]
             }
-            DeadLetterTopicMissing | RedisSigstopPastPollInterval => &[(on, false)],
+            DeadLetterTopicMissing | RedisSigstopPastPollInterval | ReplayBacklog => &[(on, false)],
             KafkaSigkillRestart | KafkaSigstop => &[(on, false), (zero, false), (on, true)],
             IdempotencyKeyRetries | IdempotencyKeyProducerStopped => &[(on, true)],
         };
@@ -98,6 +108,8 @@ impl Scenario {
             Scenario::RedisSigstopPastPollInterval if short => {
                 &["--max-poll-interval-ms", "10000", "--read-ahead", "16"]
             }
+            // The letters are written by the scenario, standing in for the sources.
+            Scenario::ReplayBacklog => &["--no-sources"],
             _ => &[],
         }
     }
@@ -139,6 +151,7 @@ impl Scenario {
             OutagePastBudgetThenReplay => outage_past_budget_then_replay(t).await,
             DeadLetterTopicMissing => dead_letter_topic_missing(t).await,
             RedisSigstopPastPollInterval => redis_frozen_past_poll_interval(t).await,
+            ReplayBacklog => replay_backlog(t).await,
             IdempotencyKeyRetries => idempotency_key(t, false).await,
             IdempotencyKeyProducerStopped => idempotency_key(t, true).await,
         }
@@ -357,13 +370,7 @@ async fn dead_letter_topic_missing(t: &Trial) -> anyhow::Result<()> {
 async fn replay_letters(t: &Trial) -> anyhow::Result<()> {
     t.state.wait_delivered(Duration::from_secs(120)).await?;
     let dead = t.state.snapshot().await?.dead_lettered;
-    let replay = ReplayArgs {
-        out: t.out.clone(),
-        sinks: t.pipeline.sinks()?,
-        rewrite: vec![],
-        attempts: 5,
-        dead_letter_topic: None,
-    };
+    let replay = ReplayArgs::new(t.out.clone(), t.pipeline.sinks()?);
     let brokers = &t.pipeline.stack.kafka_brokers;
     let first = replay::run(brokers, &t.state.dead_letters, &replay).await?;
     t.replayed(first.applied);
@@ -413,6 +420,74 @@ async fn redis_frozen_past_poll_interval(t: &Trial) -> anyhow::Result<()> {
     });
     t.check(rebalances == 0.0, || format!("the consumers lost their partitions {rebalances} times"));
     Ok(())
+}
+
+/// A backlog of dead letters such as a long outage leaves: tweets written to Kafka while the
+/// runner's sources are off, and for each tweet a letter to each sink written as the runner
+/// writes one (the sources' offsets committed past them, as the runner would). The replay is
+/// stopped after a third of the letters and run again: the second run must go on from the
+/// progress the first committed — together they read every letter once and apply each once.
+async fn replay_backlog(t: &Trial) -> anyhow::Result<()> {
+    let tweets = if t.short { 2_000 } else { 100_000 };
+    t.write_to_kafka(0..tweets).await?;
+    let letters = write_letters(t).await?;
+    let brokers = &t.pipeline.stack.kafka_brokers;
+    let args = ReplayArgs { from_start: false, ..ReplayArgs::new(t.out.clone(), t.pipeline.sinks()?) };
+    let first = replay::run(brokers, &t.state.dead_letters, &ReplayArgs { limit: Some(letters / 3), ..args.clone() }).await?;
+    let second = replay::run(brokers, &t.state.dead_letters, &args).await?;
+    t.replayed(first.applied + second.applied);
+    let seconds = first.seconds + second.seconds;
+    println!("      replayed {letters} letters in {seconds:.0} s ({:.0} letters/s) in two runs", letters as f64 / seconds);
+    t.check(first.ok() && second.ok(), || format!("replays: {first:?}, {second:?}"));
+    t.check(first.letters < letters, || format!("the first run, limited, read all {letters} letters"));
+    t.check(first.letters + second.letters == letters, || {
+        format!("the runs read {} + {} letters of {letters}: not resumed where committed", first.letters, second.letters)
+    });
+    t.check(first.applied + second.applied == letters, || {
+        format!("{} + {} letters applied of {letters}", first.applied, second.applied)
+    });
+    Ok(())
+}
+
+/// A letter for every record of the run's topic to the sink of each KafkaSource, as the runner
+/// writes one after a delivery failed for good (503), and each source's group committed past
+/// the records: how many letters.
+async fn write_letters(t: &Trial) -> anyhow::Result<u64> {
+    let brokers = &t.pipeline.stack.kafka_brokers;
+    let sources = t.pipeline.stack.kafka_sources()?;
+    let records = crate::state::kafka::messages(brokers, &t.state.topic, Duration::from_secs(300)).await?;
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let mut letters = Vec::new();
+    for source in &sources {
+        let sink_url = t.pipeline.url(&source.sink)?;
+        for record in &records {
+            let letter = runner::source::letter(record, source, &sink_url, Some(503), b"outage");
+            letters.push((MessageRecord::from_event(letter)?, record.key().map(<[u8]>::to_vec)));
+        }
+    }
+    let written: Vec<anyhow::Result<()>> = futures::stream::iter(&letters)
+        .map(|(letter, key)| {
+            let mut out = FutureRecord::to(&t.state.dead_letters).message_record(letter);
+            if let Some(key) = key {
+                out = out.key(key);
+            }
+            let producer = &producer;
+            async move {
+                producer.send(out, Timeout::After(Duration::from_secs(10))).await.map(|_| ()).map_err(|(e, _)| e.into())
+            }
+        })
+        .buffer_unordered(1024)
+        .collect()
+        .await;
+    written.into_iter().collect::<anyhow::Result<()>>()?;
+    let mut end = TopicPartitionList::new();
+    for (partition, _, high) in crate::state::kafka::watermarks(brokers, &t.state.topic)? {
+        end.add_partition_offset(&t.state.topic, partition, Offset::Offset(high))?;
+    }
+    for source in &sources {
+        crate::state::kafka::consumer(brokers, Some(&source.consumer_group))?.commit(&end, CommitMode::Sync)?;
+    }
+    Ok(letters.len() as u64)
 }
 
 /// One tweet posted three times with one key (with producer frozen before the second when

@@ -196,27 +196,37 @@ impl Trial {
     }
 
     /// Tweets written straight to the topic, as producer writes them (its settings and event,
-    /// marked idempotent in keyed rows), while the runner is down; each acknowledged write is
-    /// an accepted request.
+    /// marked idempotent in keyed rows), 256 at a time, while the runner is down or its sources
+    /// off; each acknowledged write is an accepted request.
     pub async fn write_to_kafka(&self, range: Range<usize>) -> anyhow::Result<()> {
         let brokers = &self.pipeline.stack.kafka_brokers;
         let config = <producer::Config as clap::Parser>::parse_from(["producer", "--kafka-brokers", brokers]);
         let producer: FutureProducer = producer::client_config(&config).create()?;
-        for i in range {
-            let tweet = Tweet::from_json(testkit::tweet(i).to_string().as_bytes())
-                .map_err(|e| anyhow::anyhow!("tweet {i}: {e}"))?;
-            let key = self.key(i);
-            let id = common::event::event_id(key.as_deref().unwrap_or_default());
-            let mut event = common::event::tweet_event(&id, "/weather-tweets/faults", &tweet);
-            if key.is_some() {
-                event.set_extension(common::event::IDEMPOTENT_EXTENSION, true);
-            }
-            let record = MessageRecord::from_event(event)?;
-            let out = FutureRecord::to(&self.state.topic).key(tweet.pais.as_bytes()).message_record(&record);
-            producer.send(out, Timeout::After(Duration::from_secs(10))).await.map_err(|(e, _)| e)?;
-            self.ledger.push(Request { id: Some(id), key, country: tweet.pais.to_owned(), status: 202 });
-        }
-        Ok(())
+        let written: Vec<anyhow::Result<()>> = stream::iter(range)
+            .map(|i| {
+                let producer = &producer;
+                async move {
+                    let tweet = Tweet::from_json(testkit::tweet(i).to_string().as_bytes())
+                        .map_err(|e| anyhow::anyhow!("tweet {i}: {e}"))?;
+                    let key = self.key(i);
+                    let id = common::event::event_id(key.as_deref().unwrap_or_default());
+                    let mut event = common::event::tweet_event(&id, "/weather-tweets/faults", &tweet);
+                    if key.is_some() {
+                        event.set_extension(common::event::IDEMPOTENT_EXTENSION, true);
+                    }
+                    let record = MessageRecord::from_event(event)?;
+                    let out =
+                        FutureRecord::to(&self.state.topic).key(tweet.pais.as_bytes()).message_record(&record);
+                    producer.send(out, Timeout::After(Duration::from_secs(10))).await.map_err(|(e, _)| e)?;
+                    let country = tweet.pais.to_owned();
+                    self.ledger.push(Request { id: Some(id), key, country, status: 202 });
+                    Ok(())
+                }
+            })
+            .buffer_unordered(256)
+            .collect()
+            .await;
+        written.into_iter().collect()
     }
 
     /// Records that are not tweets, written straight to the topic (keyed, as a client might).

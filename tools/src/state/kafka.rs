@@ -10,7 +10,7 @@ use rdkafka::{
     client::DefaultClientContext,
     consumer::{BaseConsumer, Consumer},
     error::{KafkaError, RDKafkaErrorCode},
-    message::BorrowedMessage,
+    message::OwnedMessage,
 };
 use std::{
     collections::BTreeMap,
@@ -119,14 +119,19 @@ pub enum Record {
 }
 
 /// Every record of `topic`, from each partition's low watermark to its high watermark as they
-/// were when called, within `timeout`.
+/// were when called, within `timeout`, read as a sink reads it.
 pub async fn read(brokers: &str, topic: &str, timeout: Duration) -> anyhow::Result<Vec<Record>> {
+    Ok(messages(brokers, topic, timeout).await?.iter().map(record).collect())
+}
+
+/// Every record of `topic` as [`read`] reads them, as they are.
+pub async fn messages(brokers: &str, topic: &str, timeout: Duration) -> anyhow::Result<Vec<OwnedMessage>> {
     let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
     // librdkafka's poll blocks: off the async workers.
     tokio::task::spawn_blocking(move || read_blocking(&brokers, &topic, timeout)).await?
 }
 
-fn read_blocking(brokers: &str, topic: &str, timeout: Duration) -> anyhow::Result<Vec<Record>> {
+fn read_blocking(brokers: &str, topic: &str, timeout: Duration) -> anyhow::Result<Vec<OwnedMessage>> {
     let marks = watermarks(brokers, topic)?;
     // librdkafka wants a group even for assigned partitions; it is never committed to.
     let group = format!("weather-audit-{}", uuid::Uuid::new_v4().simple());
@@ -171,7 +176,7 @@ fn read_blocking(brokers: &str, topic: &str, timeout: Duration) -> anyhow::Resul
         };
         let (partition, offset) = (message.partition(), message.offset());
         if left.get(&partition).is_some_and(|end| offset < *end) {
-            records.push(record(&message));
+            records.push(message.detach());
         }
         if left.get(&partition).is_some_and(|end| offset + 1 >= *end) {
             left.remove(&partition);
@@ -180,7 +185,7 @@ fn read_blocking(brokers: &str, topic: &str, timeout: Duration) -> anyhow::Resul
     Ok(records)
 }
 
-fn record(message: &BorrowedMessage<'_>) -> Record {
+fn record(message: &OwnedMessage) -> Record {
     let Ok(event) = message.to_event() else { return Record::NotATweet };
     match Received::from_event(&event) {
         Ok(received) => Record::Tweet { id: received.id, country: received.tweet.pais.to_owned() },
