@@ -16,11 +16,12 @@
 //! The replay commits its progress in a consumer group of its own (`weather-replay-<topic>`, or
 //! `--group`), so a run stopped or failed part-way resumes where it left off, and a backlog of
 //! a long outage (an 11-minute outage at 1,000 tweets/s leaves ~660,000 letters per sink) is
-//! replayed once. In each partition the committed offset never passes a letter whose sink could
-//! not be reached (`failed`): the next run tries it again. Letters that will never apply —
-//! refused with a 4xx, unreadable, naming no given sink — are passed and logged. `--from-start`
-//! reads the whole topic again; that is harmless, the sinks' dedup makes a second application
-//! change nothing. Up to `--concurrency` letters are posted at once; progress goes to stderr.
+//! replayed once. In each partition the committed offset never passes a letter that was not
+//! applied (its sink unreachable, refused, unreadable, naming no given sink): once the cause is
+//! mended (the sink back, a `--rewrite`), the next run starts there, and the letters after it
+//! that were applied are only duplicates to the sinks' dedup. `--from-start` reads the whole
+//! topic again, which that dedup makes harmless too. Up to `--concurrency` letters are posted at
+//! once; progress goes to stderr.
 //!
 //! On Kubernetes a KafkaSource on the dead-letter topic would not do: its dispatcher overwrites
 //! the position extensions with the letter's own place in the dead-letter topic, and counter
@@ -192,6 +193,9 @@ struct Line {
     outcome: &'static str,
 }
 
+/// Per partition with letters to read: the offset it is read from and its end.
+type Left = BTreeMap<i32, (i64, i64)>;
+
 /// Letters read before the ones read are posted and the progress committed.
 const CHUNK: usize = 2_000;
 /// A partition that gives nothing for this long before its end fails the run.
@@ -227,7 +231,7 @@ pub async fn run(brokers: &str, topic: &str, args: &ReplayArgs) -> anyhow::Resul
     }
     consumer.assign(&assignment)?;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?;
-    // Per partition: the offset to commit, and whether a failed letter stopped it.
+    // Per partition: the offset to commit, and whether a letter not applied stopped it.
     let mut committed: BTreeMap<i32, (i64, bool)> =
         left.iter().map(|(partition, (start, _))| (*partition, (*start, false))).collect();
     let mut shown = std::time::Instant::now();
@@ -244,7 +248,7 @@ pub async fn run(brokers: &str, topic: &str, args: &ReplayArgs) -> anyhow::Resul
             replayed.add(line.outcome);
             writeln!(log, "{}", serde_json::to_string(line)?)?;
             let (next, stopped) = committed.get_mut(&line.partition).expect("an assigned partition");
-            *stopped |= line.outcome == "failed";
+            *stopped |= !matches!(line.outcome, "applied" | "duplicate");
             if !*stopped {
                 *next = line.offset + 1;
             }
@@ -272,7 +276,7 @@ fn start_positions(
     brokers: &str,
     topic: &str,
     from_start: bool,
-) -> anyhow::Result<(TopicPartitionList, BTreeMap<i32, (i64, i64)>)> {
+) -> anyhow::Result<(TopicPartitionList, Left)> {
     let marks = crate::state::kafka::watermarks(brokers, topic)?;
     let mut partitions = TopicPartitionList::new();
     for (partition, _, _) in &marks {
@@ -296,11 +300,7 @@ fn start_positions(
 
 /// Up to [`CHUNK`] letters, in offset order per partition; partitions read to their end leave
 /// `left`.
-fn read_chunk(
-    consumer: &BaseConsumer,
-    topic: &str,
-    left: &mut BTreeMap<i32, (i64, i64)>,
-) -> anyhow::Result<Vec<OwnedMessage>> {
+fn read_chunk(consumer: &BaseConsumer, topic: &str, left: &mut Left) -> anyhow::Result<Vec<OwnedMessage>> {
     let mut chunk = Vec::new();
     let mut idle = std::time::Instant::now();
     while chunk.len() < CHUNK && !left.is_empty() {
@@ -309,7 +309,11 @@ fn read_chunk(
                 break;
             }
             if idle.elapsed() > IDLE {
-                bail!("reading {topic}: nothing for {} s, {} partitions not read to their end", IDLE.as_secs(), left.len());
+                bail!(
+                    "reading {topic}: nothing for {} s, {} partitions not read to their end",
+                    IDLE.as_secs(),
+                    left.len()
+                );
             }
             continue;
         };
@@ -332,7 +336,8 @@ async fn letter(
     attempts: u32,
 ) -> Line {
     let (partition, offset) = (message.partition(), message.offset());
-    let mut line = Line { partition, offset, id: None, dest: None, sink: None, status: None, outcome: "unreadable" };
+    let mut line =
+        Line { partition, offset, id: None, dest: None, sink: None, status: None, outcome: "unreadable" };
     let Ok(mut event) = message.to_event() else { return line };
     let Some(ExtensionValue::String(dest)) = event.extension("knativeerrordest") else { return line };
     let dest = rewrites.get(dest.as_str()).map_or(dest.clone(), |to| to.to_string());

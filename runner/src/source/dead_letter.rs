@@ -122,7 +122,13 @@ impl Dispatcher {
 /// The dead letter of `message`, read by `source`, whose delivery to `sink_url` failed with
 /// `code` (none: no answer) and `body`: the event as the Event path makes it (whether the
 /// deliveries were forwarded or not) with Knative's `knativeerror*` extensions.
-pub fn letter(message: &OwnedMessage, source: &KafkaSource, sink_url: &str, code: Option<u16>, body: &[u8]) -> Event {
+pub fn letter(
+    message: &OwnedMessage,
+    source: &KafkaSource,
+    sink_url: &str,
+    code: Option<u16>,
+    body: &[u8],
+) -> Event {
     let mut letter = record::to_event(message, &source.namespace, &source.name);
     letter.set_extension("knativeerrordest", sink_url.to_owned());
     if let Some(code) = code {

@@ -433,15 +433,23 @@ async fn replay_backlog(t: &Trial) -> anyhow::Result<()> {
     let letters = write_letters(t).await?;
     let brokers = &t.pipeline.stack.kafka_brokers;
     let args = ReplayArgs { from_start: false, ..ReplayArgs::new(t.out.clone(), t.pipeline.sinks()?) };
-    let first = replay::run(brokers, &t.state.dead_letters, &ReplayArgs { limit: Some(letters / 3), ..args.clone() }).await?;
+    let first =
+        replay::run(brokers, &t.state.dead_letters, &ReplayArgs { limit: Some(letters / 3), ..args.clone() })
+            .await?;
     let second = replay::run(brokers, &t.state.dead_letters, &args).await?;
     t.replayed(first.applied + second.applied);
     let seconds = first.seconds + second.seconds;
-    println!("      replayed {letters} letters in {seconds:.0} s ({:.0} letters/s) in two runs", letters as f64 / seconds);
+    println!(
+        "      replayed {letters} letters in {seconds:.0} s ({:.0} letters/s) in two runs",
+        letters as f64 / seconds
+    );
     t.check(first.ok() && second.ok(), || format!("replays: {first:?}, {second:?}"));
     t.check(first.letters < letters, || format!("the first run, limited, read all {letters} letters"));
     t.check(first.letters + second.letters == letters, || {
-        format!("the runs read {} + {} letters of {letters}: not resumed where committed", first.letters, second.letters)
+        format!(
+            "the runs read {} + {} letters of {letters}: not resumed where committed",
+            first.letters, second.letters
+        )
     });
     t.check(first.applied + second.applied == letters, || {
         format!("{} + {} letters applied of {letters}", first.applied, second.applied)
@@ -473,7 +481,11 @@ async fn write_letters(t: &Trial) -> anyhow::Result<u64> {
             }
             let producer = &producer;
             async move {
-                producer.send(out, Timeout::After(Duration::from_secs(10))).await.map(|_| ()).map_err(|(e, _)| e.into())
+                producer
+                    .send(out, Timeout::After(Duration::from_secs(10)))
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| e.into())
             }
         })
         .buffer_unordered(1024)
@@ -485,7 +497,8 @@ async fn write_letters(t: &Trial) -> anyhow::Result<u64> {
         end.add_partition_offset(&t.state.topic, partition, Offset::Offset(high))?;
     }
     for source in &sources {
-        crate::state::kafka::consumer(brokers, Some(&source.consumer_group))?.commit(&end, CommitMode::Sync)?;
+        crate::state::kafka::consumer(brokers, Some(&source.consumer_group))?
+            .commit(&end, CommitMode::Sync)?;
     }
     Ok(letters.len() as u64)
 }

@@ -215,8 +215,9 @@ impl Trial {
                         event.set_extension(common::event::IDEMPOTENT_EXTENSION, true);
                     }
                     let record = MessageRecord::from_event(event)?;
-                    let out =
-                        FutureRecord::to(&self.state.topic).key(tweet.pais.as_bytes()).message_record(&record);
+                    let out = FutureRecord::to(&self.state.topic)
+                        .key(tweet.pais.as_bytes())
+                        .message_record(&record);
                     producer.send(out, Timeout::After(Duration::from_secs(10))).await.map_err(|(e, _)| e)?;
                     let country = tweet.pais.to_owned();
                     self.ledger.push(Request { id: Some(id), key, country, status: 202 });

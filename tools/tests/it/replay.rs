@@ -91,11 +91,26 @@ async fn a_letter_naming_an_address_that_is_no_sink_is_not_posted() {
             assert_eq!((&forged["outcome"], &forged["dest"]), (&json!("forbidden"), &json!(elsewhere_url)));
             assert_eq!(lines.iter().find(|l| l["id"] == "genuine").unwrap()["sink"], "counter");
 
-            // Sent to a sink by an operator's --rewrite, both are applied and the command succeeds.
+            // Sent to a sink by an operator's --rewrite, the next run goes on from the letter not
+            // applied (the genuine one was, and its progress committed) and succeeds; a run after
+            // that has nothing left to do.
             let rewrite = format!("{elsewhere_url}={sink_url}");
             let (code, replayed) = replay(&topic, &out, &["--sink", &sink_arg, "--rewrite", &rewrite]).await;
             assert_eq!(code, Some(0), "{replayed}");
-            assert_eq!((&replayed["applied"], &replayed["forbidden"]), (&json!(2), &json!(0)), "{replayed}");
+            assert_eq!(
+                (&replayed["letters"], &replayed["applied"], &replayed["forbidden"]),
+                (&json!(1), &json!(1), &json!(0)),
+                "{replayed}"
+            );
+            let (code, replayed) = replay(&topic, &out, &["--sink", &sink_arg]).await;
+            assert_eq!((code, &replayed["letters"]), (Some(0), &json!(0)), "{replayed}");
+            let (code, replayed) =
+                replay(&topic, &out, &["--sink", &sink_arg, "--rewrite", &rewrite, "--from-start"]).await;
+            assert_eq!(
+                (code, &replayed["letters"], &replayed["duplicates"]),
+                (Some(0), &json!(2), &json!(0)),
+                "{replayed}"
+            );
 
             // A rewrite to an address that is no sink is refused before anything is read.
             let rewrite = format!("{sink_url}={elsewhere_url}");
