@@ -4,7 +4,7 @@
 //! its original `knativekafkapartition`/`knativekafkaoffset`, so counter deduplicates it by the
 //! record of `messages` it stands for and archiver by its id: a tweet counted before its letter
 //! was written, or replayed twice, changes nothing. Knative's `knativeerror*` extensions are
-//! dropped on the way. What was replayed, and each sink's answer, goes to
+//! dropped on the way. What was replayed, and each sink's answer, is appended to
 //! `<out>/replayed.jsonl`.
 //!
 //! Whoever can write to the dead-letter topic chooses what a letter names, so the letter only
@@ -219,12 +219,15 @@ pub async fn run(brokers: &str, topic: &str, args: &ReplayArgs) -> anyhow::Resul
         .set("bootstrap.servers", brokers)
         .set("group.id", &group)
         .set("enable.auto.commit", "false")
+        // A start below the log's beginning (retention took letters): from the oldest kept.
+        .set("auto.offset.reset", "earliest")
         .create()
         .context("creating the Kafka consumer")?;
     let (assignment, mut left) = start_positions(&consumer, brokers, topic, args.from_start)?;
     let total: u64 = left.values().map(|(start, high)| (high - start) as u64).sum();
     std::fs::create_dir_all(&args.out)?;
-    let mut log = std::io::BufWriter::new(std::fs::File::create(args.out.join("replayed.jsonl"))?);
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(args.out.join("replayed.jsonl"))?;
+    let mut log = std::io::BufWriter::new(log);
     let mut replayed = Replayed::default();
     if left.is_empty() {
         return Ok(replayed);
@@ -236,7 +239,8 @@ pub async fn run(brokers: &str, topic: &str, args: &ReplayArgs) -> anyhow::Resul
         left.iter().map(|(partition, (start, _))| (*partition, (*start, false))).collect();
     let mut shown = std::time::Instant::now();
     while !left.is_empty() && args.limit.is_none_or(|limit| replayed.letters < limit) {
-        let chunk = read_chunk(&consumer, topic, &mut left)?;
+        let most = args.limit.map_or(CHUNK, |limit| CHUNK.min((limit - replayed.letters) as usize));
+        let chunk = read_chunk(&consumer, topic, &mut left, most)?;
         let lines: Vec<Line> = stream::iter(chunk)
             .map(|message| letter(&client, &sinks, &rewrites, message, args.attempts))
             .buffered(usize::from(args.concurrency))
@@ -298,12 +302,17 @@ fn start_positions(
     Ok((assignment, left))
 }
 
-/// Up to [`CHUNK`] letters, in offset order per partition; partitions read to their end leave
+/// Up to `most` letters, in offset order per partition; partitions read to their end leave
 /// `left`.
-fn read_chunk(consumer: &BaseConsumer, topic: &str, left: &mut Left) -> anyhow::Result<Vec<OwnedMessage>> {
+fn read_chunk(
+    consumer: &BaseConsumer,
+    topic: &str,
+    left: &mut Left,
+    most: usize,
+) -> anyhow::Result<Vec<OwnedMessage>> {
     let mut chunk = Vec::new();
     let mut idle = std::time::Instant::now();
-    while chunk.len() < CHUNK && !left.is_empty() {
+    while chunk.len() < most && !left.is_empty() {
         let Some(message) = consumer.poll(Duration::from_millis(100)) else {
             if !chunk.is_empty() {
                 break;

@@ -21,7 +21,11 @@ use cloudevents::{
 };
 use common::metrics::PartitionLabels;
 use rdkafka::{Message, error::KafkaError, message::OwnedMessage, producer::FutureRecord, util::Timeout};
-use std::{sync::atomic::Ordering::Relaxed, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Mutex, atomic::Ordering::Relaxed},
+    time::Duration,
+};
 
 /// Knative keeps at most this much of a failed response in `knativeerrordata`.
 const ERROR_DATA_BYTES: usize = 1024;
@@ -54,7 +58,6 @@ impl Dispatcher {
             topic: message.topic().to_owned(),
             partition: message.partition(),
         };
-        let waiting_offset = &common::metrics::get().dead_letter_waiting;
         let outcome = loop {
             let record = match MessageRecord::from_event(letter.clone()) {
                 Ok(r) => r,
@@ -89,7 +92,7 @@ impl Dispatcher {
                     tracing::error!(source = %self.source.name, topic = message.topic(), partition = message.partition(),
                         offset = message.offset(), dead_letter_topic = %topic, error = %e,
                         "Kafka refuses the dead-letter topic; the partition waits here until it can be written");
-                    waiting_offset.get_or_create(&waiting).set(message.offset());
+                    self.waiting.add(&waiting, message.offset());
                 }
                 (None, e) => tracing::error!(%topic, error = %e, "Writing the dead letter failed, retrying"),
             }
@@ -97,9 +100,9 @@ impl Dispatcher {
                 break Outcome::Stopped;
             }
         };
-        if waiting_offset.remove(&waiting) && outcome == Outcome::DeadLettered {
+        if self.waiting.remove(&waiting, message.offset()) && outcome == Outcome::DeadLettered {
             tracing::info!(source = %self.source.name, topic = message.topic(), partition = message.partition(),
-                offset = message.offset(), "The dead letter is written; the partition flows on");
+                "The dead letters are written; the partition flows on");
         }
         outcome
     }
@@ -116,6 +119,42 @@ impl Dispatcher {
             out = out.key(key);
         }
         self.producer.send(out, Timeout::After(Duration::from_secs(10))).await.map(|_| ()).map_err(|(e, _)| e)
+    }
+}
+
+/// The records whose letter waits for its topic, per partition (several at once in an
+/// unordered source); `weather_runner_dead_letter_waiting_offset` shows each partition's lowest.
+#[derive(Default)]
+pub(super) struct Waiting(Mutex<HashMap<PartitionLabels, BTreeSet<i64>>>);
+
+impl Waiting {
+    fn add(&self, partition: &PartitionLabels, offset: i64) {
+        let mut waiting = self.0.lock().expect("waiting lock");
+        let offsets = waiting.entry(partition.clone()).or_default();
+        offsets.insert(offset);
+        let lowest = offsets.first().copied().unwrap_or(offset);
+        common::metrics::get().dead_letter_waiting.get_or_create(partition).set(lowest);
+    }
+
+    /// Takes `offset` off its partition's list: whether that partition waits for no letter now.
+    fn remove(&self, partition: &PartitionLabels, offset: i64) -> bool {
+        let mut waiting = self.0.lock().expect("waiting lock");
+        let Some(offsets) = waiting.get_mut(partition) else { return false };
+        if !offsets.remove(&offset) {
+            return false;
+        }
+        let gauge = &common::metrics::get().dead_letter_waiting;
+        match offsets.first() {
+            Some(lowest) => {
+                gauge.get_or_create(partition).set(*lowest);
+                false
+            }
+            None => {
+                waiting.remove(partition);
+                gauge.remove(partition);
+                true
+            }
+        }
     }
 }
 

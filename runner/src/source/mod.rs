@@ -159,6 +159,7 @@ struct Dispatcher {
     /// `weather_runner_deliveries_in_flight` and `weather_runner_partitions_paused` of this source.
     in_flight: Gauge,
     paused: Gauge,
+    waiting: dead_letter::Waiting,
     settings: Settings,
     shutdown: watch::Receiver<bool>,
 }
@@ -234,6 +235,7 @@ impl Source {
             progress: progress.clone(),
             in_flight: metrics.deliveries_in_flight.get_or_create(&labels).clone(),
             paused: metrics.partitions_paused.get_or_create(&labels).clone(),
+            waiting: dead_letter::Waiting::default(),
             settings,
             shutdown,
             source: source.clone(),
@@ -288,12 +290,16 @@ impl Dispatcher {
     /// order. A worker whose read-ahead is full gets no more: its partition is paused, and the
     /// record that did not fit is held here (with any that librdkafka had already fetched) until
     /// half the read-ahead is free; then the partition resumes from the record after the last
-    /// one read.
+    /// one read (librdkafka keeps an application's pause across a rebalance; a partition
+    /// assigned again starts from its committed offset, and the sinks' dedup takes what comes
+    /// twice).
     async fn poll(self: Arc<Self>) {
         let mut workers: HashMap<Partition, (mpsc::Sender<OwnedMessage>, JoinHandle<()>)> = HashMap::new();
         let mut held: HashMap<Partition, VecDeque<OwnedMessage>> = HashMap::new();
         let mut shutdown = self.shutdown.clone();
         let mut hand_over = tokio::time::interval(Duration::from_millis(50));
+        // Not polled while nothing is held: the ticks missed meanwhile are not made up at once.
+        hand_over.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let message = tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => break,
@@ -320,8 +326,8 @@ impl Dispatcher {
                 (tx, tokio::spawn(self.clone().work(rx)))
             });
             if let Some(records) = held.get_mut(&partition) {
-                // Fetched before the pause took effect, or the partition assigned again by a
-                // rebalance (which resumes it): behind the held ones, and paused (again).
+                // Not expected (a pause drops what was fetched before it, and outlasts a
+                // rebalance), but kept in order if it comes: behind the held ones, and paused again.
                 records.push_back(message);
                 self.pause(&partition, false);
                 continue;
